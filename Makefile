@@ -1,0 +1,44 @@
+# One entry point for people and CI. `make setup` is idempotent: a stamp file records what was installed,
+# so a second `make test` reinstalls nothing unless pyproject.toml changed.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+APT_PACKAGES := tesseract-ocr libzbar0 fonts-dejavu-core
+export HF_HUB_OFFLINE ?= 1
+export YOLO_OFFLINE ?= 1
+
+.PHONY: setup system-deps test test-fast demo lint format
+
+setup: system-deps $(STAMP)
+
+# Detectors need tesseract and zbar from Debian; install them only when missing.
+system-deps:
+	@if ! command -v tesseract >/dev/null || ! ldconfig -p | grep -q libzbar.so.0 \
+	   || [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then \
+	  echo "installing Debian packages: $(APT_PACKAGES)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $(APT_PACKAGES); \
+	fi
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+demo: setup
+	$(PY) -m erasure.demo
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .

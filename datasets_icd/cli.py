@@ -1,0 +1,22 @@
+"""icd: build Implicit Concept Datasets (images + captions + concept existence and geometry tokens).
+
+examples:
+  icd build --source synthetic --num-images 2000 --out outputs/icd
+  icd build --source folder:PATH --detectors qr ocr --out outputs/icd-folder
+"""
+
+from __future__ import annotations
+
+import sys
+
+from detectors.clikit import Commands, run_cli
+
+COMMANDS: Commands = {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("icd", __doc__, COMMANDS, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

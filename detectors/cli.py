@@ -1,0 +1,22 @@
+"""detectors: find implicit concepts (watermark, QR code, text, nudity) in images, train and measure detectors.
+
+examples:
+  detectors evaluate --detector qr --dataset outputs/icd
+  detectors train-yolo --dataset outputs/icd --out outputs/yolo
+"""
+
+from __future__ import annotations
+
+import sys
+
+from detectors.clikit import Commands, run_cli
+
+COMMANDS: Commands = {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("detectors", __doc__, COMMANDS, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

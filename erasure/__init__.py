@@ -1,0 +1,1 @@
+"""Stages 3-4: Geom-Erasing training, Safe Latent Diffusion, Latent-CLIP, evaluation."""

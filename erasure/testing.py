@@ -1,0 +1,282 @@
+"""Offline model builders for tests, benchmarks and the toy world: no download, seeded, ``save_pretrained``-able.
+
+    from erasure.testing import save_tiny_sd
+    path = save_tiny_sd(tmp_path / "tiny-sd")
+    pipe = StableDiffusionPipeline.from_pretrained(path)
+
+Shapes follow diffusers' own pipeline tests (``block_out_channels=(32, 64)``, ``cross_attention_dim=32``);
+:func:`sd15_shaped_components` has Stable Diffusion 1.5's real shapes with random weights, which time exactly
+like the real model because compute does not depend on the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterable
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+WORDS_FILE = Path(__file__).parent / "assets" / "tiny_words.txt"
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+
+
+@lru_cache(maxsize=1)
+def _byte_symbols() -> tuple[str, ...]:
+    """CLIP's byte-to-unicode table: the 256 printable symbols its BPE works on."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    symbols, extra = [], 0
+    for b in range(256):
+        if b in printable:
+            symbols.append(chr(b))
+        else:
+            symbols.append(chr(256 + extra))
+            extra += 1
+    return tuple(symbols)
+
+
+def read_words(path: Path = WORDS_FILE) -> list[str]:
+    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def _bpe(parts: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Apply merges by rank until none fits: the segmentation a BPE tokenizer with ``ranks`` produces."""
+    while len(parts) > 1:
+        pairs = [(ranks.get(pair, len(ranks)), i) for i, pair in enumerate(zip(parts, parts[1:]))]
+        rank, i = min(pairs)
+        if rank == len(ranks):
+            break
+        parts = parts[:i] + [parts[i] + parts[i + 1]] + parts[i + 2 :]
+    return parts
+
+
+def build_clip_tokenizer(words: Iterable[str], out_dir: str | Path, model_max_length: int = 77) -> CLIPTokenizer:
+    """A CLIP BPE tokenizer over single bytes plus merges that make each of ``words`` one token.
+
+    Every string stays encodable (it falls back to characters), so the tokenizer is complete; the word list
+    only decides which words are single tokens, as a trained BPE would for a small caption vocabulary.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    symbols = list(_byte_symbols())
+    vocab_list = symbols + [s + "</w>" for s in symbols]
+    ranks: dict[tuple[str, str], int] = {}
+    for word in dict.fromkeys(w.lower() for w in words):
+        # Segment the word with the merges made so far (as BPE will), then join what is left, left to right.
+        parts = _bpe(list(word[:-1]) + [word[-1] + "</w>"], ranks)
+        current = parts[0]
+        for nxt in parts[1:]:
+            ranks.setdefault((current, nxt), len(ranks))
+            current = current + nxt
+            vocab_list.append(current)
+    vocab_list += [BOS, EOS]
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(vocab_list))}
+    (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    merges_text = "#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in ranks) + "\n"
+    (out_dir / "merges.txt").write_text(merges_text, encoding="utf-8")
+    tokenizer = CLIPTokenizer(
+        vocab=str(out_dir / "vocab.json"), merges=str(out_dir / "merges.txt"), model_max_length=model_max_length
+    )
+    tokenizer.save_pretrained(out_dir)
+    return tokenizer
+
+
+def tiny_tokenizer() -> CLIPTokenizer:
+    with tempfile.TemporaryDirectory() as tmp:
+        return build_clip_tokenizer(read_words(), tmp)
+
+
+def _text_config(tokenizer: CLIPTokenizer, hidden_size: int = 32, projection_dim: int = 32) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        hidden_size=hidden_size,
+        intermediate_size=37,
+        layer_norm_eps=1e-05,
+        num_attention_heads=4,
+        num_hidden_layers=5,
+        vocab_size=len(tokenizer),
+        projection_dim=projection_dim,
+        hidden_act="gelu",
+    )
+
+
+def tiny_vae(sample_size: int = 32) -> AutoencoderKL:
+    return AutoencoderKL(
+        block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        sample_size=sample_size,
+    )
+
+
+def tiny_scheduler(prediction_type: str = "epsilon") -> DDIMScheduler:
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=prediction_type,
+    )
+
+
+def tiny_sd_components(seed: int = 0, prediction_type: str = "epsilon") -> dict:
+    """UNet, VAE, CLIP text encoder, tokenizer and scheduler of a tiny SD 1.x; 32 px images, 16 px latents."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        norm_num_groups=32,
+    )
+    torch.manual_seed(seed)
+    vae = tiny_vae()
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(_text_config(tokenizer))
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "scheduler": tiny_scheduler(prediction_type),
+        "safety_checker": None,
+        "feature_extractor": None,
+        "image_encoder": None,
+    }
+
+
+def tiny_sd_pipeline(seed: int = 0, prediction_type: str = "epsilon") -> StableDiffusionPipeline:
+    return StableDiffusionPipeline(**tiny_sd_components(seed, prediction_type), requires_safety_checker=False)
+
+
+def save_tiny_sd(out_dir: str | Path, seed: int = 0, prediction_type: str = "epsilon") -> Path:
+    """Write a tiny SD 1.x pipeline that ``StableDiffusionPipeline.from_pretrained(out_dir)`` loads offline."""
+    tiny_sd_pipeline(seed, prediction_type).save_pretrained(out_dir, safe_serialization=True)
+    return Path(out_dir)
+
+
+def tiny_sdxl_components(seed: int = 0) -> dict:
+    """A tiny SDXL: two text encoders (the second with projection), micro-conditioning time embeddings."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=80,  # 6 time ids x 8 + pooled text embedding of 32
+        cross_attention_dim=64,  # the two encoders' hidden states side by side
+        norm_num_groups=32,
+    )
+    torch.manual_seed(seed)
+    vae = tiny_vae()
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(_text_config(tokenizer))
+    torch.manual_seed(seed + 1)
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer))
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "text_encoder_2": text_encoder_2,
+        "tokenizer": tokenizer,
+        "tokenizer_2": tiny_tokenizer(),
+        "scheduler": tiny_scheduler(),
+        "image_encoder": None,
+        "feature_extractor": None,
+    }
+
+
+def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
+    return StableDiffusionXLPipeline(**tiny_sdxl_components(seed))
+
+
+def save_tiny_sdxl(out_dir: str | Path, seed: int = 0) -> Path:
+    tiny_sdxl_pipeline(seed).save_pretrained(out_dir, safe_serialization=True)
+    return Path(out_dir)
+
+
+def sd15_shaped_components(seed: int = 0, dtype: torch.dtype = torch.float32) -> dict:
+    """Random-init components with Stable Diffusion 1.5's exact configs (860M UNet, 77-token CLIP ViT-L text).
+
+    For speed and memory benchmarks only: the weights are noise, so images are meaningless, but every
+    kernel runs at the real model's shape.
+    """
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=64,
+        cross_attention_dim=768,
+        attention_head_dim=8,
+        block_out_channels=(320, 640, 1280, 1280),
+        layers_per_block=2,
+    ).to(dtype)
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        sample_size=512,
+        layers_per_block=2,
+    ).to(dtype)
+    tokenizer = tiny_tokenizer()
+    config = CLIPTextConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_attention_heads=12,
+        num_hidden_layers=12,
+        vocab_size=len(tokenizer),
+        projection_dim=768,
+        hidden_act="quick_gelu",
+    )
+    text_encoder = CLIPTextModel(config).to(dtype)
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "scheduler": scheduler,
+        "safety_checker": None,
+        "feature_extractor": None,
+        "image_encoder": None,
+    }
