@@ -42,7 +42,9 @@ def _set_dotted(data: dict, dotted: str, value: Any, source: str) -> None:
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"{source}: cannot set '{dotted}': '{part}' holds a {type(child).__name__}, not a section")
+            raise ConfigError(
+                f"{source}: cannot set '{dotted}': '{part}' holds a {type(child).__name__}, not a section"
+            )
         node = child
     node[parts[-1]] = value
 

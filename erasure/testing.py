@@ -265,7 +265,9 @@ def sd15_shaped_components(seed: int = 0, dtype: torch.dtype = torch.float32) ->
     )
     text_encoder = CLIPTextModel(config).to(dtype)
     scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
         clip_sample=False,
         set_alpha_to_one=False,
         steps_offset=1,

@@ -19,7 +19,9 @@ def recipe_file(tmp_path):
 
 
 def test_recipe_loads_with_defaults_and_overrides(recipe_file):
-    recipe = load_recipe(recipe_file, ["train.max_steps=7", "lora.target_modules=[to_q, to_v]", "loss.region_alpha=0.5"])
+    recipe = load_recipe(
+        recipe_file, ["train.max_steps=7", "lora.target_modules=[to_q, to_v]", "loss.region_alpha=0.5"]
+    )
     assert recipe.train.max_steps == 7 and recipe.train.mode == "naive"
     assert recipe.lora.target_modules == ["to_q", "to_v"] and recipe.loss.region_alpha == 0.5
     assert str(recipe.run_dir) == "outputs/demo"
