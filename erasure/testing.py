@@ -54,7 +54,7 @@ def read_words(path: Path = WORDS_FILE) -> list[str]:
 def _bpe(parts: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
     """Apply merges by rank until none fits: the segmentation a BPE tokenizer with ``ranks`` produces."""
     while len(parts) > 1:
-        pairs = [(ranks.get(pair, len(ranks)), i) for i, pair in enumerate(zip(parts, parts[1:]))]
+        pairs = [(ranks.get(pair, len(ranks)), i) for i, pair in enumerate(zip(parts[:-1], parts[1:], strict=True))]
         rank, i = min(pairs)
         if rank == len(ranks):
             break
