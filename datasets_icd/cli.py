@@ -11,7 +11,7 @@ import sys
 
 from detectors.clikit import Commands, run_cli
 
-COMMANDS: Commands = {}
+COMMANDS: Commands = {"build": ("datasets_icd.build_command", "build an Implicit Concept Dataset from a source")}
 
 
 def main(argv: list[str] | None = None) -> int:
