@@ -31,8 +31,10 @@ class DataSection(StrictModel):
     concepts: list[str] = Field(description="implicit concepts to erase, as named in the dataset's `concepts`")
     grid: int = Field(4, ge=1, description="location-token grid size G (G x G bins)")
     resolution: int = Field(512, ge=8, description="training image size in pixels (square)")
-    cache_latents: Literal["memory", "disk", "none"] = Field(
-        "memory", description="encode every image with the VAE once and reuse the latents"
+    cache_latents: Literal["memory", "disk"] = Field(
+        "memory",
+        description="keep the VAE latents of every image in memory, or as safetensors under RUN_DIR/latents "
+        "(resumable; for datasets larger than RAM); images are encoded once, never every step",
     )
     max_images: int | None = Field(None, ge=1, description="use only the first N rows (smoke tests)")
 
@@ -60,7 +62,16 @@ class TrainSection(StrictModel):
     gradient_checkpointing: bool = Field(False, description="trade compute for UNet activation memory")
     use_8bit_adam: bool = Field(False, description="bitsandbytes AdamW8bit (CUDA only)")
     snr_gamma: float | None = Field(None, gt=0, description="Min-SNR loss weighting gamma (5.0 is typical)")
+    prediction_type: Literal["epsilon", "v_prediction"] | None = Field(
+        None, description="training target; null keeps the base model scheduler's"
+    )
     seed: int = Field(0, description="seed of data order, noise and initialisation")
+    stop_at_step: int | None = Field(
+        None,
+        ge=1,
+        description="end this session after this step, keeping a checkpoint (preemptible jobs); "
+        "run again with checkpoint.resume=latest to finish",
+    )
     num_workers: int = Field(0, ge=0, description="DataLoader workers")
 
 
@@ -83,6 +94,13 @@ class ValidationSection(StrictModel):
     seed: int = Field(0, description="generator seed of validation samples")
 
 
+class ExportSection(StrictModel):
+    negative_cells: int = Field(
+        2, ge=1, description="location cells per concept in negative_prompt.txt: the concept's most frequent ones"
+    )
+    kohya: bool = Field(False, description="also write a WebUI/ComfyUI (kohya) LoRA file at the end of training")
+
+
 class Recipe(StrictModel):
     """A whole experiment: what to train from, on which data, how, and where the run directory goes."""
 
@@ -95,6 +113,7 @@ class Recipe(StrictModel):
     loss: LossSection = LossSection()
     checkpoint: CheckpointSection = CheckpointSection()
     validation: ValidationSection = ValidationSection()
+    export: ExportSection = ExportSection()
     report_to: str | None = Field("tensorboard", description="accelerate tracker, or null for none")
 
     @property

@@ -1,0 +1,181 @@
+"""What a run leaves for users, in the formats their tools load, and the same files inside every checkpoint.
+
+    RUN_DIR/pytorch_lora_weights.safetensors   pipe.load_lora_weights(RUN_DIR)   (or unet/ for a full fine-tune)
+    RUN_DIR/learned_embeds.safetensors         erasure.training.tokens.load_learned_embeds(pipe, RUN_DIR)
+    RUN_DIR/negative_prompt.txt                "{prompt}, watermark <loc_0_3> <loc_3_3>"
+    RUN_DIR/erasure.json                       recipe, base model, versions, dataset, cells, sha256 of every file
+    RUN_DIR/NAME.safetensors                   with kohya=True: lora_unet_... keys with .alpha, for WebUI/ComfyUI
+
+The LoRA is written by diffusers' own ``save_lora_weights`` with peft's adapter config as metadata, so an alpha
+that differs from the rank loads back with the right scale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import shutil
+from pathlib import Path
+
+import torch
+import yaml
+from datasets import Dataset
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers.utils import (
+    convert_state_dict_to_diffusers,
+    convert_state_dict_to_kohya,
+    convert_unet_state_dict_to_peft,
+)
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+
+from datasets_icd.geometry import fill_negative_prompt, frequent_cells, negative_prompt_template
+from erasure.config import ConfigError, dump_config
+from erasure.recipe import Recipe, load_recipe
+from erasure.training.data import load_icd
+from erasure.training.tokens import EMBEDS_FILES, restore_embeddings, save_embeddings
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+UNET_DIR = "unet"
+NEGATIVE_FILE = "negative_prompt.txt"
+METADATA_FILE = "erasure.json"
+RECIPE_FILE = "recipe.yaml"
+VERSIONED = ("torch", "diffusers", "transformers", "peft", "accelerate", "datasets", "safetensors", "implicit-erasure")
+
+
+def _pipeline_class(recipe: Recipe) -> type:
+    return StableDiffusionXLPipeline if recipe.model.kind == "sdxl" else StableDiffusionPipeline
+
+
+def save_weights(
+    out_dir: Path, recipe: Recipe, unet, tokenizers: list, text_encoders: list, tokens: list[str]
+) -> None:
+    """The trained weights only: LoRA (or the full UNet) and the location-token rows."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if recipe.lora.full_unet:
+        unet.save_pretrained(out_dir / UNET_DIR, safe_serialization=True)
+    elif recipe.train.mode != "tokens_only":
+        lora = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+        _pipeline_class(recipe).save_lora_weights(
+            out_dir,
+            unet_lora_layers=lora,
+            unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+            safe_serialization=True,
+        )
+    if tokens:
+        save_embeddings(out_dir, tokens, tokenizers, text_encoders)
+
+
+def load_weights(in_dir: Path, recipe: Recipe, unet, tokenizers: list, text_encoders: list, tokens: list[str]) -> None:
+    """Inverse of :func:`save_weights` into models prepared the same way (resuming from a checkpoint)."""
+    if recipe.lora.full_unet:
+        unet.load_state_dict(load_file(in_dir / UNET_DIR / "diffusion_pytorch_model.safetensors"))
+    elif recipe.train.mode != "tokens_only":
+        saved = load_file(in_dir / LORA_FILE)
+        lora = convert_unet_state_dict_to_peft({k.removeprefix("unet."): v for k, v in saved.items()})
+        result = set_peft_model_state_dict(unet, lora, adapter_name="default")
+        if result.unexpected_keys:
+            raise ValueError(f"{in_dir / LORA_FILE}: keys that do not fit this UNet: {result.unexpected_keys[:3]}")
+    if tokens:
+        restore_embeddings(in_dir, tokenizers, text_encoders)
+
+
+def negative_prompt(dataset: Dataset, recipe: Recipe) -> tuple[str, dict[str, list[list[int]]]]:
+    """The negative-prompt template and, per concept, its most frequent cells as ``[row, col, count]``.
+
+    Templates of several concepts compose by filling one into the next: both keep the single ``{prompt}``.
+    A naive run has no location tokens, so its template names the concept only.
+    """
+    template, cells = "{prompt}", {}
+    sizes = list(zip(dataset["width"], dataset["height"], strict=True))
+    for concept in recipe.data.concepts:
+        top = frequent_cells(dataset["concepts"], sizes, concept, recipe.data.grid, recipe.export.negative_cells)
+        cells[concept] = [[row, col, count] for (row, col), count in top]
+        used = [cell for cell, _ in top] if recipe.train.mode != "naive" else []
+        template = fill_negative_prompt(negative_prompt_template(concept, used), template)
+    return template, cells
+
+
+def kohya_state_dict(lora_file: Path, alpha: float) -> dict[str, torch.Tensor]:
+    """diffusers LoRA file → kohya keys (``lora_unet_..._to_q.lora_down.weight``) with each module's ``.alpha``."""
+    saved = load_file(lora_file)
+    peft_keys = convert_unet_state_dict_to_peft({k.removeprefix("unet."): v for k, v in saved.items()})
+    kohya = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in peft_keys.items()})
+    # diffusers' converter writes alpha = rank (scale 1); ours may differ, and WebUI scales by alpha / rank.
+    return {k: torch.tensor(float(alpha)) if k.endswith(".alpha") else v.contiguous() for k, v in kohya.items()}
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    checkpoints = sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return checkpoints[-1] if checkpoints else None
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    names = [LORA_FILE, *EMBEDS_FILES]
+    files = [directory / name for name in names if (directory / name).is_file()]
+    return files + sorted(p for p in (directory / UNET_DIR).glob("*") if p.is_file())
+
+
+def export_run(
+    run_dir: str | Path, checkpoint: str | Path | None = None, kohya: bool = False, global_step: int | None = None
+) -> dict:
+    """Write negative prompt, metadata (and the kohya file) next to a run's weights; returns the metadata.
+
+    ``checkpoint`` (a directory, or "latest") first copies that checkpoint's weights into the run directory,
+    e.g. to export a run that was stopped before its last step.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / RECIPE_FILE).is_file():
+        raise ConfigError(f"{run_dir}: no {RECIPE_FILE}; expected a run directory written by train.py")
+    recipe = load_recipe(run_dir / RECIPE_FILE)
+    if checkpoint is not None:
+        source = latest_checkpoint(run_dir) if checkpoint == "latest" else Path(checkpoint)
+        if source is None or not source.is_dir():
+            raise ConfigError(f"{run_dir}: no checkpoint {checkpoint!r} to export from")
+        for path in _weight_files(source):
+            target = run_dir / path.relative_to(source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+        global_step = int(source.name.split("-")[1])
+    elif global_step is None and (run_dir / METADATA_FILE).is_file():  # re-export: keep what training recorded
+        global_step = json.loads((run_dir / METADATA_FILE).read_text(encoding="utf-8")).get("global_step")
+    if not _weight_files(run_dir):
+        raise ConfigError(f"{run_dir}: no trained weights; finish training or pass a checkpoint to export from")
+
+    dataset = load_icd(recipe)
+    template, cells = negative_prompt(dataset, recipe)
+    (run_dir / NEGATIVE_FILE).write_text(template + "\n", encoding="utf-8")
+    files = [*_weight_files(run_dir), run_dir / NEGATIVE_FILE, run_dir / RECIPE_FILE]
+    if kohya:
+        if not (run_dir / LORA_FILE).is_file():
+            raise ConfigError(f"{run_dir}: --format kohya needs a LoRA run ({LORA_FILE}); this run has none")
+        kohya_file = run_dir / f"{recipe.name}.safetensors"
+        save_file(kohya_state_dict(run_dir / LORA_FILE, recipe.lora.alpha or recipe.lora.rank), kohya_file)
+        files.append(kohya_file)
+
+    metadata = {
+        "recipe": dump_config(recipe),
+        "base_model": dump_config(recipe.model),
+        "global_step": global_step,
+        "versions": {name: importlib.metadata.version(name) for name in VERSIONED},
+        "dataset": {"path": recipe.data.dataset, "fingerprint": dataset._fingerprint, "num_rows": len(dataset)},
+        "negative_prompt": {"template": template, "frequent_cells": cells},
+        "files": {str(path.relative_to(run_dir)): sha256(path) for path in files},
+    }
+    (run_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+    return metadata
+
+
+def write_recipe(run_dir: Path, recipe: Recipe) -> None:
+    """The resolved recipe (overrides applied) that ``erasure export`` and readers of the run rely on."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RECIPE_FILE).write_text(yaml.safe_dump(dump_config(recipe), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,294 @@
+"""The training loop, in the habits of diffusers' ``train_text_to_image_lora.py``.
+
+``accelerator.prepare`` once; ``accelerator.accumulate`` for gradient accumulation; clipping only when gradients
+sync; step counts after ``prepare``; checkpoints hold only the trained weights (a save-state pre-hook writes them
+in the export formats) plus optimizer, scheduler and RNG state, so ``checkpoint.resume=latest`` continues the
+same run exactly where it stopped, in the same data order.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import cast_training_params
+from tqdm.auto import tqdm
+
+from erasure.config import ConfigError
+from erasure.recipe import Recipe
+from erasure.training.data import (
+    TrainingExamples,
+    cache_latents,
+    collate,
+    load_icd,
+    location_tokens,
+    region_mask,
+    sample_latents,
+    training_captions,
+)
+from erasure.training.export import (
+    export_run,
+    latest_checkpoint,
+    load_weights,
+    negative_prompt,
+    save_weights,
+    write_recipe,
+)
+from erasure.training.loss import diffusion_loss, min_snr_weights
+from erasure.training.models import encode_prompts, load_components, tokenize, trainable_unet_parameters
+from erasure.training.tokens import add_location_tokens, train_only_rows
+from erasure.training.validation import log_validation, sampling_pipeline
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    global_step: int
+    finished: bool  # False when the run stopped at train.stop_at_step before max_steps
+    num_processes: int
+
+
+class NoiseSource:
+    """The generator of latent samples, noise and timesteps, saved in every checkpoint.
+
+    Resuming starts a new data iterator, which draws from torch's global RNG; with its own generator the resumed
+    run still draws exactly the noise the uninterrupted run would have.
+    """
+
+    def __init__(self, seed: int, device: torch.device):
+        self.generator = torch.Generator(device).manual_seed(seed)
+
+    def state_dict(self) -> dict:
+        return {"state": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["state"])
+
+
+def check_recipe(recipe: Recipe) -> None:
+    """Settings that cannot work on this machine or together: fail before any model is loaded."""
+    if recipe.train.mode == "tokens_only" and recipe.lora.full_unet:
+        raise ConfigError("lora.full_unet=true contradicts train.mode=tokens_only (the UNet stays frozen there)")
+    if recipe.train.use_8bit_adam and not torch.cuda.is_available():
+        raise ConfigError(
+            "train.use_8bit_adam=true needs a CUDA GPU (bitsandbytes' 8-bit AdamW); "
+            "on a CPU set train.use_8bit_adam=false"
+        )
+    if recipe.checkpoint.resume not in (None, "latest") and not Path(recipe.checkpoint.resume).is_dir():
+        raise ConfigError(f"checkpoint.resume = '{recipe.checkpoint.resume}': no such checkpoint directory")
+
+
+def make_optimizer(recipe: Recipe, unet_params: list, token_params: list) -> torch.optim.Optimizer:
+    groups = [{"params": unet_params, "lr": recipe.train.learning_rate}] if unet_params else []
+    if token_params:
+        # No weight decay on the embedding table: its frozen rows get zero gradient and must stay exactly as they are.
+        groups.append({"params": token_params, "lr": recipe.train.token_learning_rate, "weight_decay": 0.0})
+    if not recipe.train.use_8bit_adam:
+        return torch.optim.AdamW(groups)
+    try:
+        import bitsandbytes as bnb
+    except ImportError as err:
+        raise ConfigError("train.use_8bit_adam=true needs bitsandbytes: pip install 'implicit-erasure[gpu]'") from err
+    return bnb.optim.AdamW8bit(groups)
+
+
+def _prune_checkpoints(run_dir: Path, total_limit: int | None) -> None:
+    """Remove the oldest checkpoints so that, after the next save, at most ``total_limit`` remain."""
+    checkpoints = sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    if total_limit is not None and len(checkpoints) >= total_limit:
+        for old in checkpoints[: len(checkpoints) - total_limit + 1]:
+            shutil.rmtree(old)
+
+
+def train(recipe: Recipe) -> TrainResult:
+    """Train ``recipe`` under whatever ``accelerate launch`` set up; export the run when ``max_steps`` is reached."""
+    check_recipe(recipe)
+    dataset = load_icd(recipe)
+    run_dir = recipe.run_dir
+    accelerator = Accelerator(
+        gradient_accumulation_steps=recipe.train.gradient_accumulation_steps,
+        mixed_precision=recipe.train.mixed_precision,
+        log_with=recipe.report_to,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=recipe.train.seed),
+    )
+    set_seed(recipe.train.seed)
+    if accelerator.is_main_process:
+        write_recipe(run_dir, recipe)
+
+    parts = load_components(recipe.model, recipe.train.prediction_type)
+    tokens = location_tokens(recipe)
+    token_params = []
+    for tokenizer, encoder in zip(parts.tokenizers, parts.text_encoders, strict=True):
+        encoder.requires_grad_(False)
+        if tokens:
+            token_params.append(train_only_rows(encoder, add_location_tokens(tokenizer, encoder, tokens)))
+    parts.vae.requires_grad_(False)
+    unet_params = trainable_unet_parameters(parts.unet, recipe)
+
+    # Frozen weights in the compute dtype, trained ones in fp32 (what mixed precision expects to scale).
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    parts.vae.to(accelerator.device)  # fp32: it only encodes each image once, and SDXL's VAE overflows in fp16
+    parts.unet.to(accelerator.device, dtype=weight_dtype)
+    for encoder in parts.text_encoders:
+        encoder.to(accelerator.device, dtype=weight_dtype)
+    cast_training_params([parts.unet, *parts.text_encoders], dtype=torch.float32)
+    if recipe.train.gradient_checkpointing:
+        parts.unet.enable_gradient_checkpointing()
+        if tokens:
+            for encoder in parts.text_encoders:
+                encoder.gradient_checkpointing_enable()
+
+    latent_size = recipe.data.resolution // (2 ** (len(parts.vae.config.block_out_channels) - 1))
+    cache_dir = run_dir / "latents" / f"{dataset._fingerprint}-{recipe.data.resolution}"
+    latents = cache_latents(
+        dataset,
+        parts.vae,
+        recipe.data.resolution,
+        cache_dir if recipe.data.cache_latents == "disk" else None,
+        accelerator.process_index,
+        accelerator.num_processes,
+    )
+    accelerator.wait_for_everyone()  # a disk cache is written by all processes together
+    masks = [
+        region_mask([c for c in concepts if c["name"] in recipe.data.concepts], width, height, latent_size)
+        for concepts, width, height in zip(dataset["concepts"], dataset["width"], dataset["height"], strict=True)
+    ]
+    examples = TrainingExamples(latents, tokenize(parts.tokenizers, training_captions(dataset, recipe)), masks)
+    loader = torch.utils.data.DataLoader(
+        examples,
+        batch_size=recipe.train.batch_size,
+        shuffle=True,
+        collate_fn=collate,
+        num_workers=recipe.train.num_workers,
+    )
+    template, _ = negative_prompt(dataset, recipe)
+
+    optimizer = make_optimizer(recipe, unet_params, token_params)
+    lr_scheduler = get_scheduler(
+        recipe.train.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=recipe.train.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=recipe.train.max_steps * accelerator.num_processes,
+    )
+
+    trained = ([parts.unet] if unet_params else []) + (list(parts.text_encoders) if tokens else [])
+
+    def save_hook(models, weights, output_dir):
+        if accelerator.is_main_process:
+            save_weights(Path(output_dir), recipe, parts.unet, parts.tokenizers, parts.text_encoders, tokens)
+        weights.clear()  # the files above are the whole model state; accelerate must not write full models
+
+    def load_hook(models, input_dir):
+        models.clear()
+        load_weights(Path(input_dir), recipe, parts.unet, parts.tokenizers, parts.text_encoders, tokens)
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+    noise_source = NoiseSource(recipe.train.seed + accelerator.process_index, accelerator.device)
+    accelerator.register_for_checkpointing(noise_source)
+    *trained, optimizer, loader, lr_scheduler = accelerator.prepare(*trained, optimizer, loader, lr_scheduler)
+    unet = trained[0] if unet_params else parts.unet
+    encoders = trained[-len(parts.text_encoders) :] if tokens else parts.text_encoders
+
+    steps_per_epoch = math.ceil(len(loader) / recipe.train.gradient_accumulation_steps)
+    num_epochs = math.ceil(recipe.train.max_steps / steps_per_epoch)
+    stop_at = min(recipe.train.stop_at_step or recipe.train.max_steps, recipe.train.max_steps)
+    stopping_early = stop_at < recipe.train.max_steps
+    if accelerator.is_main_process and recipe.report_to:
+        accelerator.init_trackers(recipe.name)
+
+    global_step, first_epoch, skip_batches = 0, 0, 0
+    checkpoint = latest_checkpoint(run_dir) if recipe.checkpoint.resume == "latest" else recipe.checkpoint.resume
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        global_step = int(Path(checkpoint).name.split("-")[1])
+        first_epoch = global_step // steps_per_epoch
+        skip_batches = (global_step % steps_per_epoch) * recipe.train.gradient_accumulation_steps
+        logger.info("resumed from %s at step %d", checkpoint, global_step)
+    elif recipe.checkpoint.resume == "latest":
+        logger.info("no checkpoint in %s: starting from step 0", run_dir)
+
+    scheduler = parts.scheduler
+    alpha, snr_gamma = recipe.loss.region_alpha, recipe.train.snr_gamma
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    progress = tqdm(
+        total=recipe.train.max_steps, initial=global_step, desc="steps", disable=not accelerator.is_local_main_process
+    )
+    step_loss = 0.0
+    for epoch in range(first_epoch, num_epochs):
+        if global_step >= stop_at:
+            break
+        loader.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(loader, skip_batches) if epoch == first_epoch else loader
+        for batch in batches:
+            with accelerator.accumulate(*trained):
+                generator = noise_source.generator
+                latents = sample_latents(batch["latent_dist"], parts.vae.config, generator).to(weight_dtype)
+                noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+                timesteps = torch.randint(
+                    0,
+                    scheduler.config.num_train_timesteps,
+                    (len(latents),),
+                    device=latents.device,
+                    generator=generator,
+                )
+                noisy = scheduler.add_noise(latents, noise, timesteps)
+                with torch.set_grad_enabled(bool(tokens)):
+                    hidden, added = encode_prompts(encoders, batch["input_ids"], recipe.data.resolution)
+                if scheduler.config.prediction_type == "epsilon":
+                    target = noise
+                elif scheduler.config.prediction_type == "v_prediction":
+                    target = scheduler.get_velocity(latents, noise, timesteps)
+                else:
+                    raise ValueError(f"Unknown prediction type {scheduler.config.prediction_type}")
+                prediction = unet(noisy, timesteps, hidden, added_cond_kwargs=added, return_dict=False)[0]
+                weights = min_snr_weights(scheduler, timesteps, snr_gamma) if snr_gamma else None
+                loss = diffusion_loss(prediction, target, batch["mask"], alpha, weights)
+                step_loss += accelerator.gather(loss.detach()).mean().item() / recipe.train.gradient_accumulation_steps
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(params, recipe.train.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad()
+
+            if not accelerator.sync_gradients:
+                continue
+            global_step += 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{step_loss:.4f}")
+            accelerator.log({"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
+            step_loss = 0.0
+            if global_step % recipe.checkpoint.every == 0 or (stopping_early and global_step == stop_at):
+                if accelerator.is_main_process:
+                    _prune_checkpoints(run_dir, recipe.checkpoint.total_limit)
+                accelerator.wait_for_everyone()
+                accelerator.save_state(str(run_dir / f"checkpoint-{global_step}"))
+            if (
+                recipe.validation.prompts
+                and global_step % recipe.validation.every == 0
+                and accelerator.is_main_process
+            ):
+                pipe = sampling_pipeline(parts, parts.unet)
+                log_validation(accelerator, pipe, recipe.validation, template, recipe.data.resolution, global_step)
+            if global_step >= stop_at:
+                break
+    progress.close()
+
+    accelerator.wait_for_everyone()
+    finished = global_step >= recipe.train.max_steps
+    if finished and accelerator.is_main_process:
+        save_weights(run_dir, recipe, parts.unet, parts.tokenizers, parts.text_encoders, tokens)
+        export_run(run_dir, kohya=recipe.export.kohya, global_step=global_step)
+    accelerator.end_training()
+    return TrainResult(run_dir, global_step, finished, accelerator.num_processes)

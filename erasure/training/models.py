@@ -1,0 +1,99 @@
+"""The pieces of a diffusers pipeline that training touches, and text conditioning for SD 1.x/2.x and SDXL.
+
+SDXL conditions the UNet on both text encoders (penultimate hidden states side by side), the second encoder's
+pooled output and the "time ids" (original size, crop corner, target size); SD 1.x on one encoder's last
+hidden state. :func:`encode_prompts` hides that difference from the loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from peft import LoraConfig
+from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
+
+from erasure.recipe import ModelSection, Recipe
+
+
+@dataclass
+class Components:
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    scheduler: DDPMScheduler
+    tokenizers: list
+    text_encoders: list
+
+    @property
+    def sdxl(self) -> bool:
+        return len(self.text_encoders) == 2
+
+
+def load_components(model: ModelSection, prediction_type: str | None = None) -> Components:
+    """Load from a hub id or a local pipeline directory; the training scheduler is a DDPM with the base config."""
+    common = {"revision": model.revision}
+    with_variant = {**common, "variant": model.variant}
+    scheduler = DDPMScheduler.from_pretrained(model.pretrained, subfolder="scheduler", **common)
+    if prediction_type is not None:
+        scheduler.register_to_config(prediction_type=prediction_type)
+    subfolders = [("tokenizer", "text_encoder", CLIPTextModel)]
+    if model.kind == "sdxl":
+        subfolders.append(("tokenizer_2", "text_encoder_2", CLIPTextModelWithProjection))
+    tokenizers = [AutoTokenizer.from_pretrained(model.pretrained, subfolder=tok, **common) for tok, _, _ in subfolders]
+    text_encoders = [
+        cls.from_pretrained(model.pretrained, subfolder=enc, **with_variant) for _, enc, cls in subfolders
+    ]
+    return Components(
+        unet=UNet2DConditionModel.from_pretrained(model.pretrained, subfolder="unet", **with_variant),
+        vae=AutoencoderKL.from_pretrained(model.pretrained, subfolder="vae", **with_variant),
+        scheduler=scheduler,
+        tokenizers=tokenizers,
+        text_encoders=text_encoders,
+    )
+
+
+def tokenize(tokenizers: list, captions: list[str]) -> list[torch.Tensor]:
+    """Padded token ids per tokenizer, ``(B, max_length)`` each."""
+    return [
+        tok(
+            captions, padding="max_length", truncation=True, max_length=tok.model_max_length, return_tensors="pt"
+        ).input_ids
+        for tok in tokenizers
+    ]
+
+
+def encode_prompts(
+    text_encoders: list, input_ids: list[torch.Tensor], resolution: int
+) -> tuple[torch.Tensor, dict | None]:
+    """UNet conditioning: ``encoder_hidden_states`` and, for SDXL, ``added_cond_kwargs``."""
+    if len(text_encoders) == 1:
+        return text_encoders[0](input_ids[0], return_dict=False)[0], None
+    hidden, pooled = [], None
+    for encoder, ids in zip(text_encoders, input_ids, strict=True):
+        out = encoder(ids, output_hidden_states=True)
+        hidden.append(out.hidden_states[-2])
+        pooled = out[0]  # the last encoder (with projection) gives the pooled text embedding
+    batch = input_ids[0].shape[0]
+    time_ids = torch.tensor([resolution, resolution, 0, 0, resolution, resolution], device=pooled.device)
+    added = {"text_embeds": pooled, "time_ids": time_ids.to(pooled.dtype).repeat(batch, 1)}
+    return torch.cat(hidden, dim=-1), added
+
+
+def trainable_unet_parameters(unet: UNet2DConditionModel, recipe: Recipe) -> list[torch.nn.Parameter]:
+    """Attach LoRA adapters (or unfreeze every weight for a full fine-tune); none in ``tokens_only`` mode."""
+    unet.requires_grad_(False)
+    if recipe.train.mode == "tokens_only":
+        return []
+    if recipe.lora.full_unet:
+        unet.requires_grad_(True)
+    else:
+        lora = recipe.lora
+        config = LoraConfig(
+            r=lora.rank,
+            lora_alpha=lora.alpha or lora.rank,
+            init_lora_weights="gaussian",
+            target_modules=lora.target_modules,
+        )
+        unet.add_adapter(config)
+    return [p for p in unet.parameters() if p.requires_grad]
