@@ -249,6 +249,18 @@ def _replace_dir(target: Path, write: Callable[[Path], object]) -> None:
     tmp.rename(target)
 
 
+def _save_dataset_into(out: Path, dataset: Dataset) -> None:
+    """``save_to_disk`` into ``out`` itself, beside the report, so ``load_from_disk(out)`` opens the build."""
+    tmp = out / ".dataset.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    dataset.save_to_disk(tmp)
+    for old in out.glob("data-*.arrow"):
+        old.unlink()
+    for item in tmp.iterdir():
+        item.replace(out / item.name)
+    tmp.rmdir()
+
+
 def _write_parquet_shards(dataset: Dataset, folder: Path) -> None:
     folder.mkdir(parents=True)
     num_shards = max(1, -(-dataset.data.nbytes // SHARD_BYTES))
@@ -274,8 +286,8 @@ def _finish(config: BuildConfig, out: Path, work: Path, builder: ChunkBuilder) -
     if len(set(ids)) != len(ids):
         raise RuntimeError(f"{work} holds an image twice: delete {out} and build again")
 
-    _replace_dir(out / "dataset", dataset.save_to_disk)
-    _replace_dir(out / "data", lambda tmp: _write_parquet_shards(dataset, tmp))
+    _save_dataset_into(out, dataset)
+    _replace_dir(out / "parquet", lambda tmp: _write_parquet_shards(dataset, tmp))
     skipped = [{"item": item, "reason": reason} for item, reason in builder.source.skipped]
     skipped += [entry for marker in markers for entry in marker["skipped"]]
     stats = write_report(dataset, out, skipped, config.grid, title=f"Implicit Concept Dataset from {config.source}")

@@ -7,8 +7,8 @@ examples:
   icd build --source hf:outputs/my-dataset --caption-column caption --detectors yolo:runs/wm.pt --out outputs/x
   accelerate launch -m datasets_icd.cli build --source folder:photos --detectors qr --out /shared/icd
 
-A killed build continues with the same command plus --resume. The dataset lands in OUT/dataset
-(datasets.load_from_disk), OUT/data/*.parquet, with OUT/report.md, OUT/report.png and OUT/build.json.
+A killed build continues with the same command plus --resume. The dataset is OUT itself
+(datasets.load_from_disk(OUT)), with parquet shards in OUT/parquet/, OUT/report.md, OUT/report.png and OUT/build.json.
 """
 
 from __future__ import annotations

@@ -11,7 +11,10 @@ import sys
 
 from detectors.clikit import Commands, run_cli
 
-COMMANDS: Commands = {}
+COMMANDS: Commands = {
+    "evaluate": ("detectors.evaluate", "precision, recall and AP50 of a detector spec on an ICD dataset"),
+    "train-yolo": ("detectors.train_yolo", "train a watermark/qrcode/text YOLO from its yaml on an ICD dataset"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _ids(out: Path) -> list[str]:
-    return load_from_disk(str(out / "dataset"))["source_id"]
+    return load_from_disk(str(out))["source_id"]
 
 
 def test_synthetic_build_of_2000_images(tmp_path):
@@ -34,7 +34,7 @@ def test_synthetic_build_of_2000_images(tmp_path):
     argv = ["build", "--source", "synthetic", "--num-images", "2000", "--out", str(out), "--num-proc", "2"]
     assert main(argv + ["--concepts", *concepts, "--chunk-size", "250"]) == 0
 
-    dataset = load_from_disk(str(out / "dataset"))
+    dataset = load_from_disk(str(out))
     assert dataset.features == ICD_FEATURES
     assert sorted(dataset["source_id"]) == sorted(f"toyworld/{i}" for i in range(2000))
     rows = dataset.select_columns(["caption", "geom_caption", "concepts", "width", "height"]).to_list()
@@ -51,7 +51,7 @@ def test_synthetic_build_of_2000_images(tmp_path):
         assert set(parse_location_tokens(row["geom_caption"])) == cells
     assert dataset[5]["image"].size == (64, 64)
 
-    shards = sorted(str(p) for p in (out / "data").glob("*.parquet"))
+    shards = sorted(str(p) for p in (out / "parquet").glob("*.parquet"))
     assert load_dataset("parquet", data_files=shards, split="train", cache_dir=str(tmp_path / "c")).num_rows == 2000
     summary = json.loads((out / "build.json").read_text())
     assert summary["rows"] == 2000 and summary["skipped"] == []
@@ -193,7 +193,7 @@ def test_bad_files_are_skipped_and_listed(tmp_path, monkeypatch):
     argv = ["build", "--source", f"folder:{root}", "--detectors", "fake", "--concepts", "text", "--out", str(out)]
     assert main(argv) == 0
 
-    dataset = load_from_disk(str(out / "dataset"))
+    dataset = load_from_disk(str(out))
     rows = {row["source_id"]: row for row in dataset.to_list()}
     assert set(rows) == good
     assert rows["a.png"]["caption"] == UNICODE_CAPTION
@@ -222,7 +222,7 @@ def test_hf_dataset_source_with_chosen_columns(tmp_path, monkeypatch):
     out = tmp_path / "icd"
     base = ["build", "--source", f"hf:{tmp_path / 'hub'}", "--detectors", "fake", "--out", str(out)]
     assert main(base + ["--image-column", "picture", "--caption-column", "alt", "--num-images", "4"]) == 0
-    dataset = load_from_disk(str(out / "dataset"))
+    dataset = load_from_disk(str(out))
     assert dataset["caption"] == captions[:4] and dataset["source_id"] == [f"train/{i}" for i in range(4)]
     assert Counter(c["name"] for row in dataset["concepts"] for c in row) == {"text": 8, "nudity": 4}
 

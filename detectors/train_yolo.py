@@ -1,0 +1,133 @@
+"""Train a YOLO detector for watermark, qrcode and text from an ultralytics model yaml (random init: nothing is
+downloaded) on the ground-truth boxes of an Implicit Concept Dataset; write safetensors weights and metrics.
+
+    detectors train-yolo --dataset outputs/icd --out outputs/yolo --model yolov8n.yaml --imgsz 64 --epochs 40
+
+Writes OUT/yolo.safetensors (load with ``detectors.load("yolo:OUT/yolo.safetensors")``), OUT/metrics.json and
+OUT/metrics.md (precision, recall, AP50 per class on the held-out rows), and ultralytics' run in OUT/train.
+``--resume`` continues an interrupted run from its last epoch. Offline by construction: YOLO_OFFLINE stops hub
+and telemetry calls, ``amp=False`` skips the AMP check (it downloads a model on GPUs), ``plots=False`` avoids
+the plot font download, and the model is built from its yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from unittest import mock
+
+import yaml
+from tqdm import tqdm
+
+from detectors.yolo import YOLODetector, save_yolo
+
+CLASSES = ("watermark", "qrcode", "text")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, type=Path, help="an ICD directory written with save_to_disk")
+    parser.add_argument("--out", required=True, type=Path, help="output directory")
+    parser.add_argument("--model", default="yolov8n.yaml", help="ultralytics architecture yaml (default yolov8n.yaml)")
+    parser.add_argument("--classes", nargs="+", default=list(CLASSES), help="concepts to learn, in class order")
+    parser.add_argument("--imgsz", type=int, default=64, help="training and inference image size")
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="last rows held out for validation")
+    parser.add_argument("--num-images", type=int, default=None, help="use only the first N rows")
+    parser.add_argument("--device", default=None, help='"cpu", "0" for the first GPU; default: GPU when present')
+    parser.add_argument("--workers", type=int, default=2, help="data loader workers")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="continue OUT/train from its last checkpoint")
+
+
+def export_yolo_layout(dataset, out: Path, classes: list[str], val_fraction: float) -> Path:
+    """Write the images and YOLO label files ultralytics reads, and the data yaml naming them.
+
+    Idempotent: an image already exported is not written again, so a resumed run reuses the export."""
+    class_of = {name: i for i, name in enumerate(classes)}
+    num_val = max(1, round(len(dataset) * val_fraction))
+    splits = ["train"] * (len(dataset) - num_val) + ["val"] * num_val
+    for index, (row, split) in enumerate(tqdm(zip(dataset, splits, strict=True), total=len(dataset), desc="export")):
+        image_path = out / "images" / split / f"{index:07d}.png"
+        label_path = out / "labels" / split / f"{index:07d}.txt"
+        if label_path.exists():
+            continue
+        image_path.parent.mkdir(parents=True, exist_ok=True)
+        label_path.parent.mkdir(parents=True, exist_ok=True)
+        image = row["image"].convert("RGB")
+        w, h = image.size
+        lines = []
+        for concept in row["concepts"]:
+            if concept["name"] not in class_of:
+                continue
+            x0, y0, x1, y1 = concept["box"]
+            lines.append(
+                f"{class_of[concept['name']]} {(x0 + x1) / 2 / w:.6f} {(y0 + y1) / 2 / h:.6f} "
+                f"{(x1 - x0) / w:.6f} {(y1 - y0) / h:.6f}"
+            )
+        image.save(image_path)
+        label_path.write_text("\n".join(lines) + ("\n" if lines else ""))
+    data_yaml = out / "data.yaml"
+    data_yaml.write_text(
+        yaml.safe_dump({"path": str(out.resolve()), "train": "images/train", "val": "images/val", "names": classes})
+    )
+    return data_yaml
+
+
+def run(args: argparse.Namespace) -> int:
+    from datasets import load_from_disk
+    from ultralytics import YOLO
+
+    from detectors.evaluate import evaluate_dataset, write_report
+
+    dataset = load_from_disk(str(args.dataset))
+    if "concepts" not in dataset.column_names or "image" not in dataset.column_names:
+        raise SystemExit(f"{args.dataset}: not an ICD dataset (needs 'image' and 'concepts' columns)")
+    if args.num_images:
+        dataset = dataset.select(range(min(args.num_images, len(dataset))))
+    data_yaml = export_yolo_layout(dataset, args.out / "data", args.classes, args.val_fraction)
+    last = args.out / "train" / "weights" / "last.pt"
+    with _no_font_probe():
+        if args.resume and last.is_file():
+            model = YOLO(last)  # our own checkpoint from the interrupted run
+            model.train(resume=True)
+        else:
+            model = YOLO(args.model, task="detect")
+            model.train(
+                data=str(data_yaml),
+                epochs=args.epochs,
+                imgsz=args.imgsz,
+                batch=args.batch,
+                device=args.device,
+                workers=args.workers,
+                seed=args.seed,
+                project=str(args.out.resolve()),
+                name="train",
+                exist_ok=True,
+                pretrained=False,
+                amp=False,
+                plots=False,
+                mosaic=0.0,  # at 64 px a mosaic shrinks the small concepts below what the stride can see
+                verbose=False,
+            )
+    weights = save_yolo(model.model, args.out / "yolo.safetensors", imgsz=args.imgsz)
+    num_val = max(1, round(len(dataset) * args.val_fraction))
+    held_out = dataset.select(range(len(dataset) - num_val, len(dataset)))
+    report = evaluate_dataset(YOLODetector(weights, device=args.device and _torch_device(args.device)), held_out)
+    report = {"detector": f"yolo:{weights}", **report}
+    report["command"] = "detectors train-yolo " + " ".join(f"{k}={v}" for k, v in vars(args).items() if k != "_run")
+    write_report(report, args.out / "metrics")
+    print(json.dumps(report["concepts"], indent=1))
+    return 0
+
+
+def _no_font_probe():
+    """Ultralytics' dataset check asks GitHub for Arial.ttf (a plot font) whatever ``plots`` says; with plots
+    off nothing draws text, so the probe is skipped rather than left to time out offline."""
+    return mock.patch("ultralytics.data.utils.check_font", return_value=None)
+
+
+def _torch_device(device: str) -> str:
+    """Ultralytics says "0" for the first GPU; torch says "cuda:0"."""
+    return f"cuda:{device}" if device.isdigit() else device
