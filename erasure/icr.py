@@ -1,0 +1,211 @@
+"""Implicit concept ratio (ICR): the share of generated images in which a detector finds the concept.
+
+    erasure evaluate icr --config recipes/icr_toy_watermark.yaml [key=value ...]
+
+An evaluation is a table of *cells* (a method: base model or training run, negative prompt, SLD preset),
+each generating ``num_images`` images from the same held-out prompt and seed pairs, so cells differ only in
+the method. Images and per-image detections are kept on disk, so a killed evaluation resumes where it
+stopped; finished cells are never generated again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from pydantic import Field
+from tqdm.auto import tqdm
+
+from erasure.config import StrictModel
+
+
+class IcrCell(StrictModel):
+    """One method to measure."""
+
+    name: str = Field(description="method name in the results table, e.g. naive, geom_erasing")
+    model: str | None = Field(None, description="pipeline to sample from; defaults to the evaluation's model")
+    lora_run: str | None = Field(None, description="a training run directory (LoRA + learned tokens)")
+    negative_prompt: str | None = Field(
+        None, description="negative prompt; '{prompt}' is replaced by each prompt; 'run' takes the run's template"
+    )
+    sld: str | None = Field(None, description="SLD preset: weak, medium, strong, max")
+    safety_concept: str | None = Field(None, description="SLD safety concept; defaults to the evaluated concept")
+
+
+class IcrConfig(StrictModel):
+    concept: str = Field(description="the implicit concept the detector looks for")
+    detector: str = Field(
+        description="detector spec for detectors.load, e.g. yolo:assets/detectors/toy_yolo.safetensors"
+    )
+    model: str = Field(description="base pipeline directory or hub id")
+    cells: list[IcrCell] = Field(description="the methods to compare")
+    out_dir: str = Field("outputs/icr", description="where images, detections and results go")
+    num_images: int = Field(200, ge=1, description="images per cell, one per held-out prompt and seed pair")
+    prompts: list[str] = Field(default_factory=list, description="prompts; empty: held-out toy-world captions")
+    prompt_seed: int = Field(10_000, description="toy-world seed of the held-out captions (training used others)")
+    seed: int = Field(0, description="image i is sampled from a generator seeded with seed + i")
+    num_inference_steps: int = Field(25, ge=1)
+    guidance_scale: float = Field(7.5, ge=0)
+    resolution: int | None = Field(None, ge=8, description="image side; defaults to the model's")
+    batch_size: int = Field(8, ge=1)
+    device: str = Field("cpu")
+    dtype: str = Field("float32")
+    checker: str | None = Field(
+        None, description="toy checker directory (erasure.toy_checker): adds prompt fidelity and toy FID per cell"
+    )
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion: honest near 0 and 1, where ICRs live."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def _heldout_world(config: IcrConfig):
+    from datasets_icd.toyworld import ToyWorld, ToyWorldConfig
+
+    return ToyWorld(ToyWorldConfig(seed=config.prompt_seed, concept_rates={}))
+
+
+def heldout_prompts(config: IcrConfig) -> list[str]:
+    """The evaluation's prompts, cycled to ``num_images``; toy-world captions from an unseen seed by default."""
+    if config.prompts:
+        base = config.prompts
+    else:
+        world = _heldout_world(config)
+        base = [world.sample(i).caption for i in range(config.num_images)]
+    return [base[i % len(base)] for i in range(config.num_images)]
+
+
+def _quality(config: IcrConfig, cell_dir: Path, prompts: list[str]) -> dict[str, float]:
+    """Prompt fidelity of the cell's images and their toy FID against clean scenes of the same prompts."""
+    from PIL import Image
+
+    from erasure.toy_checker import fidelity, load_checker, toy_fid
+
+    checker = load_checker(config.checker)
+    images = [Image.open(cell_dir / "images" / f"{i:05d}.png").convert("RGB") for i in range(config.num_images)]
+    world = _heldout_world(config)
+    size = images[0].width
+    reference = [world.sample(i).image.resize((size, size)) for i in range(config.num_images)]
+    scores = fidelity(checker, images, prompts)
+    return {"fidelity": scores["fidelity"], "fid": toy_fid(checker, images, reference)}
+
+
+def _records_path(cell_dir: Path) -> Path:
+    return cell_dir / "detections.jsonl"
+
+
+def _load_records(cell_dir: Path) -> dict[int, dict]:
+    path = _records_path(cell_dir)
+    if not path.exists():
+        return {}
+    records = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            record = json.loads(line)
+            records[record["index"]] = record
+    return records
+
+
+def _negative_prompts(cell: IcrCell, run_template: str | None, prompts: list[str]) -> list[str] | None:
+    template = cell.negative_prompt
+    if template == "run":
+        if run_template is None:
+            raise ValueError(f"cell '{cell.name}': negative_prompt 'run' needs a lora_run with negative_prompt.txt")
+        template = run_template
+    if template is None:
+        return None
+    return [template.replace("{prompt}", p) for p in prompts]
+
+
+def evaluate_cell(config: IcrConfig, cell: IcrCell, detector, prompts: list[str]) -> dict:
+    """Generate the cell's missing images, detect the concept in them, and summarise the cell."""
+    from erasure.generate import load_pipeline
+
+    cell_dir = Path(config.out_dir) / cell.name
+    (cell_dir / "images").mkdir(parents=True, exist_ok=True)
+    records = _load_records(cell_dir)
+    todo = [i for i in range(config.num_images) if i not in records]
+    if todo:
+        loaded = load_pipeline(
+            cell.model or config.model, device=config.device, dtype=config.dtype, lora_run=cell.lora_run
+        )
+        pipe, run_template = loaded.pipeline, loaded.negative_prompt_template
+        pipe.set_progress_bar_config(disable=True)
+        size = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+        sld = {"sld": cell.sld, "safety_concept": cell.safety_concept or config.concept} if cell.sld else {}
+        with _records_path(cell_dir).open("a", encoding="utf-8") as sink:
+            for start in tqdm(range(0, len(todo), config.batch_size), desc=f"icr {cell.name}", unit="batch"):
+                batch = todo[start : start + config.batch_size]
+                batch_prompts = [prompts[i] for i in batch]
+                generators = [torch.Generator().manual_seed(config.seed + i) for i in batch]
+                images = pipe(
+                    batch_prompts,
+                    negative_prompt=_negative_prompts(cell, run_template, batch_prompts),
+                    num_inference_steps=config.num_inference_steps,
+                    guidance_scale=config.guidance_scale,
+                    height=size,
+                    width=size,
+                    generator=generators,
+                    **sld,
+                ).images
+                found = detector.detect(images)
+                for i, image, detections in zip(batch, images, found, strict=True):
+                    image.save(cell_dir / "images" / f"{i:05d}.png")
+                    hits = [d.as_record() for d in detections if d.concept == config.concept]
+                    record = {"index": i, "prompt": prompts[i], "seed": config.seed + i, "detections": hits}
+                    sink.write(json.dumps(record) + "\n")
+                    records[i] = record
+                sink.flush()
+    flagged = sum(bool(records[i]["detections"]) for i in range(config.num_images))
+    n = config.num_images
+    summary = {"icr": flagged / n, "ci95": list(wilson_interval(flagged, n)), "n": n, "flagged": flagged}
+    if config.checker:
+        summary |= _quality(config, cell_dir, prompts)
+    (cell_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def evaluate(config: IcrConfig) -> dict[str, dict]:
+    """Every cell of the table, in order; writes ``icr.json`` and ``icr.md`` into ``out_dir``."""
+    import detectors
+
+    detector = detectors.load(config.detector)
+    prompts = heldout_prompts(config)
+    results = {cell.name: evaluate_cell(config, cell, detector, prompts) for cell in config.cells}
+    out = Path(config.out_dir)
+    payload = {"concept": config.concept, "detector": config.detector, "results": results}
+    (out / "icr.json").write_text(json.dumps(payload, indent=2))
+    (out / "icr.md").write_text(markdown_table(config.concept, results))
+    return results
+
+
+def markdown_table(concept: str, results: dict[str, dict]) -> str:
+    lines = [f"| method ({concept}) | ICR | 95% CI | fidelity | toy FID | n |", "|---|---:|---|---:|---:|---:|"]
+    for name, r in results.items():
+        lo, hi = r["ci95"]
+        quality = f"{100 * r['fidelity']:.1f}% | {r['fid']:.2f}" if "fidelity" in r else "– | –"
+        lines.append(f"| {name} | {100 * r['icr']:.1f}% | [{100 * lo:.1f}, {100 * hi:.1f}] | {quality} | {r['n']} |")
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--config", required=True, help="YAML evaluation config (see IcrConfig's fields)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. num_images=50")
+
+
+def run(args) -> int:
+    from erasure.config import load_config
+
+    config = load_config(IcrConfig, args.config, args.overrides)
+    results = evaluate(config)
+    print(markdown_table(config.concept, results))
+    print(f"results: {Path(config.out_dir) / 'icr.json'}")
+    return 0

@@ -1,0 +1,90 @@
+import json
+
+import pytest
+
+from detectors import Detection
+from erasure.config import load_config
+from erasure.icr import IcrConfig, evaluate, heldout_prompts, markdown_table, wilson_interval
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "lo", "hi"),
+    [(0, 10, 0.0, 0.2775), (5, 10, 0.2366, 0.7634), (10, 10, 0.7225, 1.0), (1, 10, 0.0179, 0.4042)],
+)
+def test_wilson_interval_matches_published_values(k, n, lo, hi):
+    assert wilson_interval(k, n) == pytest.approx((lo, hi), abs=1e-4)
+
+
+class FlakyDetector:
+    """Flags every image whose index in the call is even; can fail once on a chosen call."""
+
+    concepts = ("watermark",)
+
+    def __init__(self, fail_on_call: int | None = None):
+        self.calls, self.images_seen, self.fail_on_call = 0, 0, fail_on_call
+
+    def detect(self, images):
+        self.calls += 1
+        if self.calls == self.fail_on_call:
+            raise RuntimeError("killed")
+        self.images_seen += len(images)
+        return [[Detection("watermark", 0.9, (0, 0, 4, 4))] if i % 2 == 0 else [] for i in range(len(images))]
+
+
+def _config(tmp_path, tiny_sd_dir, **extra):
+    cells = [{"name": "plain"}, {"name": "negative", "negative_prompt": "{prompt}, watermark"}]
+    overrides = [
+        "concept=watermark",
+        "detector=unused",
+        f"model={tiny_sd_dir}",
+        f"cells={json.dumps(cells)}",
+        f"out_dir={tmp_path}",
+        "num_images=4",
+        "batch_size=2",
+        "num_inference_steps=2",
+    ] + [f"{k}={v}" for k, v in extra.items()]
+    return load_config(IcrConfig, None, overrides)
+
+
+def test_icr_evaluation_resumes_without_regenerating(tmp_path, tiny_sd_dir, monkeypatch):
+    config = _config(tmp_path, tiny_sd_dir)
+    flaky = FlakyDetector(fail_on_call=2)
+    monkeypatch.setattr("detectors.load", lambda spec: flaky)
+    with pytest.raises(RuntimeError, match="killed"):
+        evaluate(config)
+    assert len(list((tmp_path / "plain" / "images").glob("*.png"))) == 2  # the first batch survived
+
+    resumed = FlakyDetector()
+    monkeypatch.setattr("detectors.load", lambda spec: resumed)
+    results = evaluate(config)
+    assert resumed.images_seen == 2 + 4  # the rest of "plain", then all of "negative"
+    for cell in ("plain", "negative"):
+        lines = (tmp_path / cell / "detections.jsonl").read_text().splitlines()
+        assert sorted(json.loads(line)["index"] for line in lines) == [0, 1, 2, 3]
+        assert results[cell]["n"] == 4 and results[cell]["icr"] == 0.5
+    saved = json.loads((tmp_path / "icr.json").read_text())
+    assert saved["results"]["plain"]["ci95"] == pytest.approx(list(wilson_interval(2, 4)))
+    assert "| plain | 50.0% |" in (tmp_path / "icr.md").read_text()
+
+    again = FlakyDetector()
+    monkeypatch.setattr("detectors.load", lambda spec: again)
+    evaluate(config)
+    assert again.images_seen == 0  # finished cells are never generated again
+
+
+def test_heldout_prompts_are_toy_captions_cycled_to_the_image_count(tmp_path, tiny_sd_dir):
+    prompts = heldout_prompts(_config(tmp_path, tiny_sd_dir))
+    assert len(prompts) == 4 and all(" background" in p for p in prompts)
+    assert heldout_prompts(_config(tmp_path, tiny_sd_dir, prompts="[a, b, c]")) == ["a", "b", "c", "a"]
+
+
+def test_run_negative_prompt_needs_a_run(tmp_path, tiny_sd_dir, monkeypatch):
+    config = _config(tmp_path, tiny_sd_dir, cells='[{"name": "x", "negative_prompt": "run"}]')
+    monkeypatch.setattr("detectors.load", lambda spec: FlakyDetector())
+    with pytest.raises(ValueError, match="needs a lora_run"):
+        evaluate(config)
+
+
+def test_markdown_table_shows_quality_when_measured():
+    results = {"a": {"icr": 0.25, "ci95": [0.1, 0.4], "n": 8, "fidelity": 0.9, "fid": 1.5}}
+    assert "| a | 25.0% | [10.0, 40.0] | 90.0% | 1.50 | 8 |" in markdown_table("qrcode", results)
