@@ -1,1 +1,22 @@
 """Stages 3-4: Geom-Erasing training, Safe Latent Diffusion, Latent-CLIP, evaluation."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from erasure.pipelines import SLDPipeline, SLDXLPipeline
+    from erasure.sld import SafetyConfig
+
+__all__ = ["SLDPipeline", "SLDXLPipeline", "SafetyConfig"]
+
+# Imported on first use: `import erasure.config` (and the CLI's --help) should not pay for diffusers.
+_LAZY = {"SLDPipeline": "erasure.pipelines", "SLDXLPipeline": "erasure.pipelines", "SafetyConfig": "erasure.sld"}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'erasure' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_LAZY[name]), name)

@@ -1,0 +1,218 @@
+"""Generate images with Safe Latent Diffusion, a training run's LoRA and negative prompt, or neither.
+
+examples:
+  erasure generate "a photo of a cat" --model stable-diffusion-v1-5/stable-diffusion-v1-5 --sld medium
+  erasure generate --prompts-file prompts.txt --model DIR --lora outputs/RUN --use-run-negative-prompt --seeds 0 1 2
+
+Writes OUT/NNNNN_seedS.png (prompt number, seed) and OUT/generate.json with every parameter and image. Running
+the same command again skips the images already there; a different command needs a different --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from erasure.sld import DEFAULT_SAFETY_CONCEPT, SafetyConfig
+
+if TYPE_CHECKING:
+    from erasure.pipelines import SLDPipeline, SLDXLPipeline
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+EMBEDS_FILE = "learned_embeds.safetensors"
+NEGATIVE_PROMPT_FILE = "negative_prompt.txt"
+DTYPES = ("float32", "float16", "bfloat16")
+RECORD_FILE = "generate.json"
+
+
+@dataclass
+class LoadedPipeline:
+    """A pipeline ready to sample, and the negative prompt template of the training run loaded into it."""
+
+    pipeline: SLDPipeline | SLDXLPipeline
+    negative_prompt_template: str | None = None
+    """the run's negative_prompt.txt, holding ``{prompt}``; None without a run or when the run has none."""
+
+    def negative_prompt(self, prompt: str) -> str | None:
+        """The run's negative prompt for ``prompt`` (``str.replace``: other braces in the template stay)."""
+        if self.negative_prompt_template is None:
+            return None
+        return self.negative_prompt_template.replace("{prompt}", prompt)
+
+
+def load_pipeline(
+    model: str, *, device: str = "cpu", dtype: str = "float32", lora_run: str | Path | None = None
+) -> LoadedPipeline:
+    """Our SLD pipeline for a hub id or local directory, SD 1.x/2.x or SDXL as its ``model_index.json`` says.
+
+    With ``lora_run`` (a training run directory) it also loads the run's LoRA and learned location tokens,
+    whichever of the two the run has, and reads its negative prompt template.
+    The NSFW safety checker is off: callers measure what the model makes, and a blacked-out image hides that.
+    """
+    import torch
+    from diffusers import DiffusionPipeline
+
+    from erasure.pipelines import SLDPipeline, SLDXLPipeline
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    index = DiffusionPipeline.load_config(model)
+    if "unet" not in index or "text_encoder" not in index:
+        raise ValueError(f"{model}: model_index.json has no unet/text_encoder; expected an SD 1.x/2.x or SDXL model")
+    if "text_encoder_2" in index:
+        pipe = SLDXLPipeline.from_pretrained(model, torch_dtype=getattr(torch, dtype))
+    else:
+        pipe = SLDPipeline.from_pretrained(
+            model, torch_dtype=getattr(torch, dtype), safety_checker=None, requires_safety_checker=False
+        )
+    template = None
+    if lora_run is not None:
+        _load_run(pipe, Path(lora_run))
+        template = negative_prompt_template(lora_run)
+    return LoadedPipeline(pipe.to(device), template)
+
+
+def _load_run(pipe: SLDPipeline | SLDXLPipeline, run_dir: Path) -> None:
+    from erasure.training.tokens import load_learned_embeds
+
+    has_lora, has_embeds = (run_dir / LORA_FILE).is_file(), (run_dir / EMBEDS_FILE).is_file()
+    if not (has_lora or has_embeds):
+        raise FileNotFoundError(f"{run_dir} holds neither {LORA_FILE} nor {EMBEDS_FILE}: is it a training run?")
+    if has_lora:
+        pipe.load_lora_weights(run_dir, weight_name=LORA_FILE)
+    if has_embeds:
+        load_learned_embeds(pipe, run_dir)
+
+
+def negative_prompt_template(run_dir: str | Path) -> str | None:
+    """A run's negative_prompt.txt (None if it has none), checked to hold ``{prompt}``."""
+    path = Path(run_dir) / NEGATIVE_PROMPT_FILE
+    if not path.is_file():
+        return None
+    template = path.read_text(encoding="utf-8").strip()
+    if "{prompt}" not in template:
+        raise ValueError(f"{path} must contain '{{prompt}}' where the user's prompt goes, got {template!r}")
+    return template
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prompts", nargs="*", help="prompts (or use --prompts-file)")
+    parser.add_argument("--prompts-file", type=Path, help="text file, one prompt per line (blank lines skipped)")
+    parser.add_argument("--model", required=True, help="hub id or local diffusers directory (SD 1.x/2.x or SDXL)")
+    parser.add_argument("--out", type=Path, default=Path("outputs/generate"), help="output directory")
+    parser.add_argument("--sld", choices=SafetyConfig.PRESETS, help="Safe Latent Diffusion preset (default: off)")
+    parser.add_argument("--safety-concept", default=DEFAULT_SAFETY_CONCEPT, help="what SLD steers away from")
+    parser.add_argument("--negative-prompt", help="negative prompt for every prompt")
+    parser.add_argument("--lora", type=Path, metavar="RUN_DIR", help="training run: load its LoRA and learned tokens")
+    parser.add_argument(
+        "--use-run-negative-prompt",
+        action="store_true",
+        help="use RUN_DIR/negative_prompt.txt, filled with each prompt, as the negative prompt",
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one image per prompt and seed")
+    parser.add_argument("--steps", type=int, default=50, help="denoising steps")
+    parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+    parser.add_argument("--size", type=int, help="image height and width in pixels (default: the model's)")
+    parser.add_argument("--device", default="auto", help="torch device; auto picks cuda when available")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet with CUDA graphs (GPU)")
+
+
+def _read_prompts(args: argparse.Namespace) -> list[str]:
+    prompts = list(args.prompts)
+    if args.prompts_file is not None:
+        if not args.prompts_file.is_file():
+            raise FileNotFoundError(f"--prompts-file {args.prompts_file} does not exist")
+        lines = args.prompts_file.read_text(encoding="utf-8").splitlines()
+        prompts += [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise ValueError("no prompts: give them as arguments or with --prompts-file")
+    return prompts
+
+
+def _check_negative_prompt_options(args: argparse.Namespace) -> None:
+    if not args.use_run_negative_prompt:
+        return
+    if args.lora is None:
+        raise ValueError("--use-run-negative-prompt needs --lora RUN_DIR")
+    if args.negative_prompt is not None:
+        raise ValueError("give either --negative-prompt or --use-run-negative-prompt, not both")
+    if negative_prompt_template(args.lora) is None:
+        raise FileNotFoundError(f"--use-run-negative-prompt: {args.lora / NEGATIVE_PROMPT_FILE} is missing")
+
+
+def _parameters(args: argparse.Namespace, device: str) -> dict:
+    import diffusers
+    import torch
+
+    sld = dict(SafetyConfig.preset(args.sld)) if args.sld else None
+    return {
+        "model": args.model,
+        "sld": args.sld,
+        "sld_config": sld,
+        "safety_concept": args.safety_concept if args.sld else None,
+        "negative_prompt": args.negative_prompt,
+        "lora": str(args.lora) if args.lora else None,
+        "use_run_negative_prompt": args.use_run_negative_prompt,
+        "seeds": args.seeds,
+        "steps": args.steps,
+        "guidance": args.guidance,
+        "size": args.size,
+        "device": device,
+        "dtype": args.dtype,
+        "compile": args.compile,
+        "versions": {"diffusers": diffusers.__version__, "torch": torch.__version__},
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    prompts = _read_prompts(args)
+    _check_negative_prompt_options(args)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    parameters = _parameters(args, device)
+    record_path = args.out / RECORD_FILE
+    if record_path.is_file() and json.loads(record_path.read_text())["parameters"] != parameters:
+        raise ValueError(f"{record_path} was written with other parameters: use another --out or delete it")
+    args.out.mkdir(parents=True, exist_ok=True)
+    record_path.write_text(json.dumps({"parameters": parameters, "images": []}, indent=2))
+
+    loaded = load_pipeline(args.model, device=device, dtype=args.dtype, lora_run=args.lora)
+    pipe = loaded.pipeline
+    pipe.safety_concept = args.safety_concept
+    pipe.set_progress_bar_config(disable=True)
+    if args.compile:
+        pipe.compile_unet()
+
+    images = []
+    for number, prompt in enumerate(tqdm(prompts, desc="prompts")):
+        negative = loaded.negative_prompt(prompt) if args.use_run_negative_prompt else args.negative_prompt
+        files = {seed: args.out / f"{number:05d}_seed{seed}.png" for seed in args.seeds}
+        images += [
+            {"file": path.name, "prompt": prompt, "negative_prompt": negative, "seed": seed}
+            for seed, path in files.items()
+        ]
+        missing = [seed for seed, path in files.items() if not path.is_file()]
+        if not missing:
+            continue
+        result = pipe(
+            prompt,
+            negative_prompt=negative,
+            num_images_per_prompt=len(missing),
+            generator=[torch.Generator("cpu").manual_seed(seed) for seed in missing],
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            height=args.size,
+            width=args.size,
+            sld=args.sld,
+        )
+        for seed, image in zip(missing, result.images, strict=True):
+            image.save(files[seed])
+    record_path.write_text(json.dumps({"parameters": parameters, "images": images}, indent=2))
+    print(f"{len(images)} images in {args.out}")
+    return 0
