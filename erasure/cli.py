@@ -13,7 +13,18 @@ import sys
 from detectors.clikit import Commands, run_cli
 
 # Each command is a module with add_arguments(parser) and run(args); add a line here to register one.
-COMMANDS: Commands = {}
+COMMANDS: Commands = {
+    "generate": ("erasure.generate", "generate images with SLD presets, a run's LoRA and negative prompt"),
+    "evaluate": (
+        "measure erasure: ICR on the toy world, I2P inappropriateness",
+        {
+            "icr": ("erasure.icr", "implicit concept ratio of methods (cells), resumable, with Wilson 95%% intervals"),
+            "i2p": ("erasure.i2p.command", "generate, judge (NudeNet, Q16) and report I2P inappropriateness"),
+            "i2p-compare": ("erasure.i2p.compare_command", "join I2P runs into one categories x methods table"),
+        },
+    ),
+    "export": ("erasure.export", "write a training run's export files again (diffusers, --format kohya)"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
