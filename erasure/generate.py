@@ -119,6 +119,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="torch device; auto picks cuda when available")
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet with CUDA graphs (GPU)")
+    parser.add_argument(
+        "--latent-clip", type=Path, metavar="DIR", help="Latent-CLIP model (erasure.latent_clip.train)"
+    )
+    parser.add_argument("--latent-guidance", metavar="CONCEPT", help="with --latent-clip: push latents away from it")
+    parser.add_argument("--latent-guidance-scale", type=float, default=0.05, help="step per denoising step")
+    parser.add_argument("--latent-guidance-warmup", type=int, default=10, help="steps before latent guidance starts")
 
 
 def _read_prompts(args: argparse.Namespace) -> list[str]:
@@ -164,8 +170,26 @@ def _parameters(args: argparse.Namespace, device: str) -> dict:
         "device": device,
         "dtype": args.dtype,
         "compile": args.compile,
+        "latent_clip": str(args.latent_clip) if args.latent_clip else None,
+        "latent_guidance": args.latent_guidance,
+        "latent_guidance_scale": args.latent_guidance_scale if args.latent_guidance else None,
+        "latent_guidance_warmup": args.latent_guidance_warmup if args.latent_guidance else None,
         "versions": {"diffusers": diffusers.__version__, "torch": torch.__version__},
     }
+
+
+def _latent_guidance(args: argparse.Namespace, device: str):
+    """Latent-CLIP safety guidance as a ``callback_on_step_end``, or None when not asked for."""
+    if bool(args.latent_clip) != bool(args.latent_guidance):
+        raise ValueError("--latent-clip and --latent-guidance go together: the model, and the concept to avoid")
+    if not args.latent_guidance:
+        return None
+    from erasure.latent_clip import LatentClip, LatentClipGuidance
+
+    model = LatentClip.from_pretrained(args.latent_clip).to(device).eval()
+    return LatentClipGuidance(
+        model, args.latent_guidance, scale=args.latent_guidance_scale, warmup_steps=args.latent_guidance_warmup
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -188,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
     pipe.set_progress_bar_config(disable=True)
     if args.compile:
         pipe.compile_unet()
+    guidance = _latent_guidance(args, device)
 
     images = []
     for number, prompt in enumerate(tqdm(prompts, desc="prompts")):
@@ -210,6 +235,7 @@ def run(args: argparse.Namespace) -> int:
             height=args.size,
             width=args.size,
             sld=args.sld,
+            callback_on_step_end=guidance,
         )
         for seed, image in zip(missing, result.images, strict=True):
             image.save(files[seed])

@@ -99,6 +99,7 @@ def test_load_pipeline_detects_sdxl(tiny_sdxl_dir):
         ([], ValueError, "no prompts"),
         (["--prompts-file", "missing.txt"], FileNotFoundError, "missing.txt"),
         (["--lora", ".", "a cat"], FileNotFoundError, "training run"),
+        (["--latent-guidance", "watermark", "a cat"], ValueError, "go together"),
     ],
 )
 def test_generate_bad_input(tmp_path, tiny_sd_dir, extra, error, message):
@@ -110,3 +111,40 @@ def test_unknown_preset_lists_the_valid_ones(tmp_path, tiny_sd_dir, capsys):
     with pytest.raises(SystemExit):
         _generate(tmp_path / "out", tiny_sd_dir, "a cat", "--sld", "extreme")
     assert "weak" in capsys.readouterr().err
+
+
+def test_generate_with_latent_clip_guidance_changes_the_images(tmp_path, tiny_sd_dir):
+    from erasure.latent_clip import LatentClip, LatentClipSpec
+    from erasure.testing import tiny_tokenizer
+
+    torch.manual_seed(0)
+    spec = LatentClipSpec(
+        latent_size=16,
+        patch_size=4,
+        width=32,
+        layers=1,
+        heads=4,
+        text_width=32,
+        text_layers=1,
+        text_heads=4,
+        max_length=16,
+        projection_dim=16,
+    )
+    clip_dir = LatentClip.build(spec, tiny_tokenizer()).save_pretrained(tmp_path / "latent-clip")
+    assert _generate(tmp_path / "plain", tiny_sd_dir, "a cat") == 0
+    guided = [
+        "--latent-clip",
+        str(clip_dir),
+        "--latent-guidance",
+        "watermark",
+        "--latent-guidance-warmup",
+        "0",
+        "--latent-guidance-scale",
+        "0.5",
+    ]
+    assert _generate(tmp_path / "guided", tiny_sd_dir, "a cat", *guided) == 0
+    plain = np.asarray(Image.open(tmp_path / "plain" / "00000_seed0.png"), dtype=np.float32)
+    steered = np.asarray(Image.open(tmp_path / "guided" / "00000_seed0.png"), dtype=np.float32)
+    assert np.abs(plain - steered).max() > 0
+    record = json.loads((tmp_path / "guided" / "generate.json").read_text())["parameters"]
+    assert record["latent_guidance"] == "watermark" and record["latent_guidance_warmup"] == 0
