@@ -57,17 +57,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-# Measured 2025-11-28, 2-core AMD EPYC CPU shared with other jobs (load average ~8), 16 toy images per cell,
-# `python benchmarks/detector_speed.py --num-images 16`; images/s:
-#
-# | backend              | 64 px | 512 px |
-# |----------------------|-------|--------|
-# | qr                   | 297.4 |   97.4 |
-# | ocr (rapidocr)       |  20.1 |    5.0 |
-# | ocr:tesseract        |  12.5 |    6.7 |
-# | nudenet              |  34.0 |   23.0 |
-# | yolo (batch 32)      | 806.7 |   14.2 |
-# | yolo (one at a time) | 389.7 |   18.7 |
-#
-# At 512 px the 64-px toy YOLO runs at imgsz 512 and batching stops paying on 2 cores.

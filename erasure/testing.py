@@ -29,6 +29,17 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 WORDS_FILE = Path(__file__).parent / "assets" / "tiny_words.txt"
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+# The UNet shape both tiny pipelines share (diffusers' own pipeline tests use the same): 16 px latents.
+TINY_UNET = {
+    "block_out_channels": (32, 64),
+    "layers_per_block": 2,
+    "sample_size": 16,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+    "norm_num_groups": 32,
+}
 
 
 @lru_cache(maxsize=1)
@@ -141,17 +152,7 @@ def tiny_scheduler(prediction_type: str = "epsilon") -> DDIMScheduler:
 def tiny_sd_components(seed: int = 0, prediction_type: str = "epsilon") -> dict:
     """UNet, VAE, CLIP text encoder, tokenizer and scheduler of a tiny SD 1.x; 32 px images, 16 px latents."""
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        norm_num_groups=32,
-    )
+    unet = UNet2DConditionModel(**TINY_UNET, cross_attention_dim=32)
     torch.manual_seed(seed)
     vae = tiny_vae()
     tokenizer = tiny_tokenizer()
@@ -183,13 +184,7 @@ def tiny_sdxl_components(seed: int = 0) -> dict:
     """A tiny SDXL: two text encoders (the second with projection), micro-conditioning time embeddings."""
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        **TINY_UNET,
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         addition_embed_type="text_time",
@@ -197,7 +192,6 @@ def tiny_sdxl_components(seed: int = 0) -> dict:
         transformer_layers_per_block=(1, 2),
         projection_class_embeddings_input_dim=80,  # 6 time ids x 8 + pooled text embedding of 32
         cross_attention_dim=64,  # the two encoders' hidden states side by side
-        norm_num_groups=32,
     )
     torch.manual_seed(seed)
     vae = tiny_vae()
