@@ -1,7 +1,9 @@
 """The main job on the built-in toy world: a model learns a watermark it was never told about, Geom-Erasing removes it.
 
     make demo                     # = python -m erasure.demo
-    python -m erasure.demo --concept qrcode --num-images 800 --train-steps 300 --eval-images 200
+    python -m erasure.demo --concept qrcode --num-images 2000 --train-steps 400 --eval-images 200 --steps 25 \
+        --methods naive naive_negative_prompt naive_sld_medium naive_sld_strong geom_erasing_plain geom_erasing \
+        geom_erasing_sld --out outputs/toy_icr/qrcode --record benchmarks/toy_icr.json   # the full table
 
 1. ``icd build``: a synthetic Implicit Concept Dataset where the concept is in about half the images, never
    named in the raw captions, with its boxes as location tokens in the geom captions;
@@ -9,6 +11,8 @@
 3. ``erasure evaluate icr``: how often the toy detector finds the concept in images of held-out prompts —
    naive, Geom-Erasing with the plain prompt, Geom-Erasing with its learned negative prompt;
 4. a table, ``demo.json`` and a figure (sample grids before and after, ICR bars) in ``--out``.
+
+Every stage resumes: rerun the same command and finished work is reused. A different command needs another --out.
 
 The base model is the committed toy-world model ``assets/toy-sd`` (recipe: ``recipes/toy_base.yaml``). Where it
 is missing, the demo runs the same chain on a tiny *random* pipeline and says so: every stage runs, but its ICR
@@ -27,6 +31,18 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 TOY_BASE = REPO / "assets" / "toy-sd"
 TOY_DETECTOR = REPO / "assets" / "detectors" / "toy_yolo.safetensors"
+TOY_CHECKER = REPO / "assets" / "toy-checker"
+# The methods of the toy-world table: which run they sample from and how; "run" is the run's learned template.
+METHODS: dict[str, dict] = {
+    "naive": {"run": "naive"},
+    "naive_negative_prompt": {"run": "naive", "negative_prompt": "{concept}"},
+    "naive_sld_medium": {"run": "naive", "sld": "medium"},
+    "naive_sld_strong": {"run": "naive", "sld": "strong"},
+    "geom_erasing_plain": {"run": "geom_erasing"},
+    "geom_erasing": {"run": "geom_erasing", "negative_prompt": "run"},
+    "geom_erasing_sld": {"run": "geom_erasing", "negative_prompt": "run", "sld": "medium"},
+}
+DEMO_METHODS = ["naive", "geom_erasing_plain", "geom_erasing"]
 
 
 def _base_model(out: Path, requested: str | None) -> tuple[str, bool]:
@@ -79,8 +95,9 @@ def _figure(out: Path, results: dict, cells: list[str], concept: str) -> Path:
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    fig, axes = plt.subplots(1, len(cells) + 1, figsize=(4 * (len(cells) + 1), 4))
-    for ax, cell in zip(axes[:-1], cells, strict=True):
+    shown = [c for c in cells if c in DEMO_METHODS] or cells[:3]
+    fig, axes = plt.subplots(1, len(shown) + 1, figsize=(4 * (len(shown) + 1), 4))
+    for ax, cell in zip(axes[:-1], shown, strict=True):
         paths = sorted((out / "icr" / cell / "images").glob("*.png"))[:16]
         tiles = [Image.open(p).convert("RGB") for p in paths]
         side = tiles[0].width
@@ -96,8 +113,9 @@ def _figure(out: Path, results: dict, cells: list[str], concept: str) -> Path:
         [100 * (results[c]["icr"] - results[c]["ci95"][0]) for c in cells],
         [100 * (results[c]["ci95"][1] - results[c]["icr"]) for c in cells],
     ]
-    ax.bar(range(len(cells)), icr, yerr=errors, capsize=4, color=["#c44", "#4a4", "#48c"][: len(cells)])
-    ax.set_xticks(range(len(cells)), cells, rotation=20)
+    colours = ["#c44" if c.startswith("naive") else "#48c" for c in cells]
+    ax.bar(range(len(cells)), icr, yerr=errors, capsize=4, color=colours)
+    ax.set_xticks(range(len(cells)), cells, rotation=30, ha="right")
     ax.set_ylabel(f"{concept} ICR (%)")
     ax.set_ylim(0, 100)
     fig.tight_layout()
@@ -105,6 +123,14 @@ def _figure(out: Path, results: dict, cells: list[str], concept: str) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _record(path: Path, concept: str, results: dict) -> None:
+    """Merge one concept's table into the ``{concept: {method: {icr, ci95, fidelity, fid, n}}}`` results file."""
+    table = json.loads(path.read_text()) if path.is_file() else {}
+    keys = ("icr", "ci95", "fidelity", "fid", "n")
+    table.setdefault(concept, {}).update({m: {k: r[k] for k in keys if k in r} for m, r in results.items()})
+    path.write_text(json.dumps(table, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,8 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="sampler steps per image")
     parser.add_argument("--detector", default=f"yolo:{TOY_DETECTOR}", help="detector spec for the ICR")
     parser.add_argument("--base", help=f"base pipeline directory (default {TOY_BASE.relative_to(REPO)})")
+    parser.add_argument("--methods", nargs="+", default=DEMO_METHODS, choices=list(METHODS), help="table rows")
+    parser.add_argument("--record", type=Path, help="merge the results into this JSON (benchmarks/toy_icr.json)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    settings = {k: str(v) for k, v in vars(args).items() if k not in ("methods", "record")}
+    saved = args.out / "demo_settings.json"
+    if saved.is_file() and json.loads(saved.read_text()) != settings:
+        raise SystemExit(f"[demo] {args.out} holds a demo with other settings: use another --out or delete it")
+    saved.write_text(json.dumps(settings, indent=2))
 
     from datasets_icd.cli import main as icd_main
     from erasure.config import load_config
@@ -150,15 +183,17 @@ def main(argv: list[str] | None = None) -> int:
             ]
         )
     print("[demo] 2/3 fine-tuning: naive, then Geom-Erasing")
-    naive = _train(args, "naive", base, dataset, resolution)
-    geom = _train(args, "geom_erasing", base, dataset, resolution)
+    runs = {mode: _train(args, mode, base, dataset, resolution) for mode in ("naive", "geom_erasing")}
 
     print("[demo] 3/3 implicit concept ratio on held-out prompts and seeds")
-    cells = [
-        {"name": "naive", "lora_run": str(naive)},
-        {"name": "geom_erasing_plain", "lora_run": str(geom)},
-        {"name": "geom_erasing", "lora_run": str(geom), "negative_prompt": "run"},
-    ]
+    cells = []
+    for name in args.methods:
+        method = dict(METHODS[name])
+        cell = {"name": name, "lora_run": str(runs[method.pop("run")]), **method}
+        if "negative_prompt" in cell:
+            cell["negative_prompt"] = cell["negative_prompt"].replace("{concept}", args.concept)
+        cells.append(cell)
+    checker = [f"checker={TOY_CHECKER}"] if (TOY_CHECKER / "model.safetensors").is_file() else []
     config = load_config(
         IcrConfig,
         None,
@@ -170,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             f"out_dir={args.out / 'icr'}",
             f"num_images={args.eval_images}",
             f"num_inference_steps={args.steps}",
+            *checker,
         ],
     )
     results = evaluate(config)
@@ -182,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         "figure": str(figure),
     }
     (args.out / "demo.json").write_text(json.dumps(summary, indent=2))
+    if args.record:
+        _record(args.record, args.concept, results)
     print(markdown_table(args.concept, results))
     print(f"[demo] figure: {figure}\n[demo] results: {args.out / 'demo.json'}")
     return 0

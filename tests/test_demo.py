@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from erasure.demo import TOY_DETECTOR, main
+from erasure.demo import METHODS, TOY_DETECTOR, main
 
 
 @pytest.mark.slow
@@ -30,9 +30,16 @@ def test_demo_runs_the_whole_chain(tmp_path, tiny_sd_dir):
     summary = json.loads((tmp_path / "demo.json").read_text())
     assert set(summary["results"]) == {"naive", "geom_erasing_plain", "geom_erasing"}
     for cell in summary["results"].values():
-        assert cell["n"] == 4 and 0 <= cell["icr"] <= 1
+        assert cell["n"] == 4 and 0 <= cell["icr"] <= 1 and 0 <= cell["fidelity"] <= 1
     geom_run = tmp_path / "runs" / "toy_geom_erasing_watermark"
     assert "{prompt}, watermark <loc_" in (geom_run / "negative_prompt.txt").read_text()
     assert (tmp_path / "demo.png").stat().st_size > 0
     assert len(list((tmp_path / "icr" / "geom_erasing" / "images").glob("*.png"))) == 4
-    assert main(argv) == 0  # a second run reuses everything it already has
+    record = tmp_path / "toy_icr.json"
+    assert main([*argv, "--methods", *METHODS, "--record", str(record)]) == 0  # reuses runs, adds the other cells
+    table = json.loads(record.read_text())["watermark"]
+    assert list(table) == list(METHODS)
+    assert set(table["naive_sld_strong"]) == {"icr", "ci95", "fidelity", "fid", "n"}
+    assert len(list((tmp_path / "runs").iterdir())) == 2
+    with pytest.raises(SystemExit, match="other settings"):
+        main([*argv[:-2], "--detector", "qr"])
