@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,6 +36,8 @@ class LoadedPipeline:
     pipeline: SLDPipeline | SLDXLPipeline
     negative_prompt_template: str | None = None
     """the run's negative_prompt.txt, holding ``{prompt}``; None without a run or when the run has none."""
+    callback: Callable | None = None
+    """Latent-CLIP safety guidance as a ``callback_on_step_end``; None when not asked for."""
 
     def negative_prompt(self, prompt: str) -> str | None:
         """The run's negative prompt for ``prompt`` (``str.replace``: other braces in the template stay)."""
@@ -44,12 +47,21 @@ class LoadedPipeline:
 
 
 def load_pipeline(
-    model: str, *, device: str = "cpu", dtype: str = "float32", lora_run: str | Path | None = None
+    model: str,
+    *,
+    device: str = "cpu",
+    dtype: str = "float32",
+    lora_run: str | Path | None = None,
+    latent_clip: str | Path | None = None,
+    latent_guidance: str | None = None,
+    latent_guidance_scale: float = 0.05,
+    latent_guidance_warmup: int = 10,
 ) -> LoadedPipeline:
     """Our SLD pipeline for a hub id or local directory, SD 1.x/2.x or SDXL as its ``model_index.json`` says.
 
     With ``lora_run`` (a training run directory) it also loads the run's LoRA and learned location tokens,
-    whichever of the two the run has, and reads its negative prompt template.
+    whichever of the two the run has, and reads its negative prompt template. With ``latent_clip`` (a Latent-CLIP
+    directory) and ``latent_guidance`` (a concept) the result carries a callback that steers sampling away from it.
     The NSFW safety checker is off: callers measure what the model makes, and a blacked-out image hides that.
     """
     import torch
@@ -72,7 +84,19 @@ def load_pipeline(
     if lora_run is not None:
         _load_run(pipe, Path(lora_run))
         template = negative_prompt_template(lora_run)
-    return LoadedPipeline(pipe.to(device), template)
+    guidance = _latent_guidance(latent_clip, latent_guidance, latent_guidance_scale, latent_guidance_warmup, device)
+    return LoadedPipeline(pipe.to(device), template, guidance)
+
+
+def _latent_guidance(latent_clip, concept: str | None, scale: float, warmup: int, device: str) -> Callable | None:
+    if bool(latent_clip) != bool(concept):
+        raise ValueError("latent-clip and latent-guidance go together: the model, and the concept to avoid")
+    if not concept:
+        return None
+    from erasure.latent_clip import LatentClip, LatentClipGuidance
+
+    model = LatentClip.from_pretrained(latent_clip).to(device).eval()
+    return LatentClipGuidance(model, concept, scale=scale, warmup_steps=warmup)
 
 
 def _load_run(pipe: SLDPipeline | SLDXLPipeline, run_dir: Path) -> None:
@@ -178,20 +202,6 @@ def _parameters(args: argparse.Namespace, device: str) -> dict:
     }
 
 
-def _latent_guidance(args: argparse.Namespace, device: str):
-    """Latent-CLIP safety guidance as a ``callback_on_step_end``, or None when not asked for."""
-    if bool(args.latent_clip) != bool(args.latent_guidance):
-        raise ValueError("--latent-clip and --latent-guidance go together: the model, and the concept to avoid")
-    if not args.latent_guidance:
-        return None
-    from erasure.latent_clip import LatentClip, LatentClipGuidance
-
-    model = LatentClip.from_pretrained(args.latent_clip).to(device).eval()
-    return LatentClipGuidance(
-        model, args.latent_guidance, scale=args.latent_guidance_scale, warmup_steps=args.latent_guidance_warmup
-    )
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
@@ -206,13 +216,21 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     record_path.write_text(json.dumps({"parameters": parameters, "images": []}, indent=2))
 
-    loaded = load_pipeline(args.model, device=device, dtype=args.dtype, lora_run=args.lora)
+    loaded = load_pipeline(
+        args.model,
+        device=device,
+        dtype=args.dtype,
+        lora_run=args.lora,
+        latent_clip=args.latent_clip,
+        latent_guidance=args.latent_guidance,
+        latent_guidance_scale=args.latent_guidance_scale,
+        latent_guidance_warmup=args.latent_guidance_warmup,
+    )
     pipe = loaded.pipeline
     pipe.safety_concept = args.safety_concept
     pipe.set_progress_bar_config(disable=True)
     if args.compile:
         pipe.compile_unet()
-    guidance = _latent_guidance(args, device)
 
     images = []
     for number, prompt in enumerate(tqdm(prompts, desc="prompts")):
@@ -235,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
             height=args.size,
             width=args.size,
             sld=args.sld,
-            callback_on_step_end=guidance,
+            callback_on_step_end=loaded.callback,
         )
         for seed, image in zip(missing, result.images, strict=True):
             image.save(files[seed])

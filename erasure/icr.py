@@ -31,7 +31,12 @@ class IcrCell(StrictModel):
         None, description="negative prompt; '{prompt}' is replaced by each prompt; 'run' takes the run's template"
     )
     sld: str | None = Field(None, description="SLD preset: weak, medium, strong, max")
-    safety_concept: str | None = Field(None, description="SLD safety concept; defaults to the evaluated concept")
+    safety_concept: str | None = Field(
+        None, description="concept SLD and Latent-CLIP guidance steer away from; defaults to the evaluated concept"
+    )
+    latent_clip: str | None = Field(None, description="a Latent-CLIP directory: guide sampling away from the concept")
+    latent_guidance_scale: float = Field(0.05, ge=0, description="Latent-CLIP guidance step per denoising step")
+    latent_guidance_warmup: int = Field(10, ge=0, description="denoising steps before Latent-CLIP guidance starts")
 
 
 class IcrConfig(StrictModel):
@@ -135,7 +140,14 @@ def evaluate_cell(config: IcrConfig, cell: IcrCell, detector, prompts: list[str]
     todo = [i for i in range(config.num_images) if i not in records]
     if todo:
         loaded = load_pipeline(
-            cell.model or config.model, device=config.device, dtype=config.dtype, lora_run=cell.lora_run
+            cell.model or config.model,
+            device=config.device,
+            dtype=config.dtype,
+            lora_run=cell.lora_run,
+            latent_clip=cell.latent_clip,
+            latent_guidance=(cell.safety_concept or config.concept) if cell.latent_clip else None,
+            latent_guidance_scale=cell.latent_guidance_scale,
+            latent_guidance_warmup=cell.latent_guidance_warmup,
         )
         pipe, run_template = loaded.pipeline, loaded.negative_prompt_template
         pipe.set_progress_bar_config(disable=True)
@@ -154,6 +166,7 @@ def evaluate_cell(config: IcrConfig, cell: IcrCell, detector, prompts: list[str]
                     height=size,
                     width=size,
                     generator=generators,
+                    callback_on_step_end=loaded.callback,
                     **sld,
                 ).images
                 found = detector.detect(images)

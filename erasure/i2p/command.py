@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     method.add_argument("--sld", choices=SafetyConfig.PRESETS, help="Safe Latent Diffusion preset (default: off)")
     method.add_argument("--lora-run", help="training run directory: its LoRA and its negative_prompt.txt template")
     method.add_argument("--negative-prompt", help="negative prompt; '{prompt}' is replaced by each I2P prompt")
+    method.add_argument("--latent-clip", help="Latent-CLIP directory: guide sampling away from --latent-guidance")
+    method.add_argument("--latent-guidance", metavar="CONCEPT", help="with --latent-clip: the concept to avoid")
     method.add_argument("--name", help="the method's column in reports (default: from the options above)")
     data = parser.add_argument_group("prompts")
     data.add_argument("--prompts", default=HUB_ID, help="hub id or local .csv / .parquet copy of I2P")
@@ -69,12 +71,22 @@ def method_name(args: argparse.Namespace) -> str:
         parts.append(f"SLD {args.sld}")
     if args.negative_prompt:
         parts.append("negative prompt")
+    if args.latent_guidance:
+        parts.append("Latent-CLIP")
     return " + ".join(parts)
 
 
 def run(args: argparse.Namespace) -> int:
     state = process_state()
-    method = Method(method_name(args), args.model, args.sld, args.lora_run, args.negative_prompt)
+    method = Method(
+        method_name(args),
+        args.model,
+        args.sld,
+        args.lora_run,
+        args.negative_prompt,
+        args.latent_clip,
+        args.latent_guidance,
+    )
     settings = GenerationSettings(args.steps, args.guidance, args.calls, args.images_per_call, args.height, args.width)
     dtype = args.dtype or ("float16" if state.device.type == "cuda" else "float32")
     prompts = load_prompts(

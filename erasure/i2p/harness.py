@@ -35,13 +35,16 @@ from erasure.i2p.prompts import I2PPrompt
 @dataclass(frozen=True)
 class Method:
     """What makes the images: a base model, optionally an SLD preset, a training run (LoRA, location tokens and
-    its ``negative_prompt.txt``), a negative prompt of its own (``{prompt}`` is filled with each I2P prompt)."""
+    its ``negative_prompt.txt``), a negative prompt of its own (``{prompt}`` is filled with each I2P prompt), and
+    Latent-CLIP guidance away from a concept."""
 
     name: str
     model: str
     sld: str | None = None
     lora_run: str | None = None
     negative_prompt: str | None = None
+    latent_clip: str | None = None
+    latent_guidance: str | None = None
 
 
 @dataclass(frozen=True)
@@ -123,10 +126,17 @@ class I2PRun:
 
 def load_method_pipeline(method: Method, device: torch.device | str, dtype: str) -> LoadedPipeline:
     """The method's pipeline on ``device``, without diffusers' progress bars (the harness shows its own)."""
-    loaded = load_pipeline(method.model, device=str(device), dtype=dtype, lora_run=method.lora_run)
+    loaded = load_pipeline(
+        method.model,
+        device=str(device),
+        dtype=dtype,
+        lora_run=method.lora_run,
+        latent_clip=method.latent_clip,
+        latent_guidance=method.latent_guidance,
+    )
     loaded.pipeline.set_progress_bar_config(disable=True)
     if method.negative_prompt is not None:  # the method's own template wins over the run's
-        loaded = LoadedPipeline(loaded.pipeline, method.negative_prompt)
+        loaded = LoadedPipeline(loaded.pipeline, method.negative_prompt, loaded.callback)
     return loaded
 
 
@@ -144,6 +154,7 @@ def generate(
         "width": settings.width,
         "generator": generator,
         "sld": sld,
+        "callback_on_step_end": loaded.callback,
     }
     return [image for _ in range(settings.calls) for image in loaded.pipeline(prompt.prompt, **kwargs).images]
 
