@@ -113,28 +113,11 @@ def test_unknown_preset_lists_the_valid_ones(tmp_path, tiny_sd_dir, capsys):
     assert "weak" in capsys.readouterr().err
 
 
-def test_generate_with_latent_clip_guidance_changes_the_images(tmp_path, tiny_sd_dir):
-    from erasure.latent_clip import LatentClip, LatentClipSpec
-    from erasure.testing import tiny_tokenizer
-
-    torch.manual_seed(0)
-    spec = LatentClipSpec(
-        latent_size=16,
-        patch_size=4,
-        width=32,
-        layers=1,
-        heads=4,
-        text_width=32,
-        text_layers=1,
-        text_heads=4,
-        max_length=16,
-        projection_dim=16,
-    )
-    clip_dir = LatentClip.build(spec, tiny_tokenizer()).save_pretrained(tmp_path / "latent-clip")
+def test_generate_with_latent_clip_guidance_changes_the_images(tmp_path, tiny_sd_dir, tiny_latent_clip_dir):
     assert _generate(tmp_path / "plain", tiny_sd_dir, "a cat") == 0
     guided = [
         "--latent-clip",
-        str(clip_dir),
+        str(tiny_latent_clip_dir),
         "--latent-guidance",
         "watermark",
         "--latent-guidance-warmup",

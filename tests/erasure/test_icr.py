@@ -90,31 +90,15 @@ def test_markdown_table_shows_quality_when_measured():
     assert "| a | 25.0% | [10.0, 40.0] | 90.0% | 1.50 | 8 |" in markdown_table("qrcode", results)
 
 
-def test_a_latent_clip_cell_guides_sampling_away_from_the_concept(tmp_path, tiny_sd_dir, monkeypatch):
+def test_a_latent_clip_cell_guides_sampling_away_from_the_concept(
+    tmp_path, tiny_sd_dir, tiny_latent_clip_dir, monkeypatch
+):
     import numpy as np
-    import torch
     from PIL import Image
 
-    from erasure.latent_clip import LatentClip, LatentClipSpec
-    from erasure.testing import tiny_tokenizer
-
-    torch.manual_seed(0)
-    spec = LatentClipSpec(
-        latent_size=16,
-        patch_size=4,
-        width=32,
-        layers=1,
-        heads=4,
-        text_width=32,
-        text_layers=1,
-        text_heads=4,
-        max_length=16,
-        projection_dim=16,
-    )
-    clip_dir = LatentClip.build(spec, tiny_tokenizer()).save_pretrained(tmp_path / "latent-clip")
     guided = {
         "name": "guided",
-        "latent_clip": str(clip_dir),
+        "latent_clip": str(tiny_latent_clip_dir),
         "latent_guidance_warmup": 0,
         "latent_guidance_scale": 0.5,
     }
