@@ -66,7 +66,8 @@ def _resolution(model: str) -> int:
 
 
 def _train(args: argparse.Namespace, mode: str, base: str, dataset: Path, resolution: int) -> Path:
-    import train
+    from erasure.recipe import load_recipe
+    from erasure.training import train
 
     recipe = REPO / "recipes" / f"toy_{mode}_{args.concept}.yaml"
     name = yaml.safe_load(recipe.read_text())["name"]
@@ -83,8 +84,7 @@ def _train(args: argparse.Namespace, mode: str, base: str, dataset: Path, resolu
         "validation.prompts=[]",
         "report_to=null",
     ]
-    if train.main(["--config", str(recipe), *overrides]) != 0:
-        raise SystemExit(f"[demo] training {name} failed")
+    train(load_recipe(recipe, overrides))
     return run_dir
 
 

@@ -88,19 +88,22 @@ def heldout_prompts(config: IcrConfig) -> list[str]:
     return [base[i % len(base)] for i in range(config.num_images)]
 
 
-def _quality(config: IcrConfig, cell_dir: Path, prompts: list[str]) -> dict[str, float]:
-    """Prompt fidelity of the cell's images and their toy FID against clean scenes of the same prompts."""
-    from PIL import Image
+class QualityJudge:
+    """Prompt fidelity and toy FID of a cell's images; the checker and the clean reference scenes of the held-out
+    prompts are made once per evaluation and shared by every cell."""
 
-    from erasure.toy_checker import fidelity, load_checker, toy_fid
+    def __init__(self, config: IcrConfig) -> None:
+        from erasure.toy_checker import load_checker
 
-    checker = load_checker(config.checker)
-    images = [Image.open(cell_dir / "images" / f"{i:05d}.png").convert("RGB") for i in range(config.num_images)]
-    world = _heldout_world(config)
-    size = images[0].width
-    reference = [world.sample(i).image.resize((size, size)) for i in range(config.num_images)]
-    scores = fidelity(checker, images, prompts)
-    return {"fidelity": scores["fidelity"], "fid": toy_fid(checker, images, reference)}
+        self.checker = load_checker(config.checker)
+        world = _heldout_world(config)
+        self.reference = [world.sample(i).image for i in range(config.num_images)]
+
+    def __call__(self, images: list, prompts: list[str]) -> dict[str, float]:
+        from erasure.toy_checker import fidelity, toy_fid
+
+        scores = fidelity(self.checker, images, prompts)
+        return {"fidelity": scores["fidelity"], "fid": toy_fid(self.checker, images, self.reference)}
 
 
 def _records_path(cell_dir: Path) -> Path:
@@ -130,7 +133,9 @@ def _negative_prompts(cell: IcrCell, run_template: str | None, prompts: list[str
     return [template.replace("{prompt}", p) for p in prompts]
 
 
-def evaluate_cell(config: IcrConfig, cell: IcrCell, detector, prompts: list[str]) -> dict:
+def evaluate_cell(
+    config: IcrConfig, cell: IcrCell, detector, prompts: list[str], quality: QualityJudge | None = None
+) -> dict:
     """Generate the cell's missing images, detect the concept in them, and summarise the cell."""
     from erasure.generate import load_pipeline
 
@@ -180,8 +185,11 @@ def evaluate_cell(config: IcrConfig, cell: IcrCell, detector, prompts: list[str]
     flagged = sum(bool(records[i]["detections"]) for i in range(config.num_images))
     n = config.num_images
     summary = {"icr": flagged / n, "ci95": list(wilson_interval(flagged, n)), "n": n, "flagged": flagged}
-    if config.checker:
-        summary |= _quality(config, cell_dir, prompts)
+    if quality is not None:
+        from PIL import Image
+
+        images = [Image.open(cell_dir / "images" / f"{i:05d}.png").convert("RGB") for i in range(n)]
+        summary |= quality(images, prompts)
     (cell_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -192,7 +200,8 @@ def evaluate(config: IcrConfig) -> dict[str, dict]:
 
     detector = detectors.load(config.detector)
     prompts = heldout_prompts(config)
-    results = {cell.name: evaluate_cell(config, cell, detector, prompts) for cell in config.cells}
+    quality = QualityJudge(config) if config.checker else None
+    results = {cell.name: evaluate_cell(config, cell, detector, prompts, quality) for cell in config.cells}
     out = Path(config.out_dir)
     payload = {"concept": config.concept, "detector": config.detector, "results": results}
     (out / "icr.json").write_text(json.dumps(payload, indent=2))
