@@ -9,12 +9,15 @@ at load time with the file, the dotted key, the value and what was expected — 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 T = TypeVar("T", bound=BaseModel)
+
+# accelerate's mixed-precision modes. YAML reads a bare `no` (file or `key=no` override) as false: accept it.
+MixedPrecision = Annotated[Literal["no", "fp16", "bf16"], BeforeValidator(lambda v: "no" if v is False else v)]
 
 
 class StrictModel(BaseModel):

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from erasure.config import StrictModel, load_config
+from erasure.config import MixedPrecision, StrictModel, load_config
 
 Mode = Literal["geom_erasing", "naive", "tokens_only"]
 
@@ -58,7 +58,7 @@ class TrainSection(StrictModel):
     lr_scheduler: str = Field("constant", description="any diffusers.optimization scheduler name")
     lr_warmup_steps: int = Field(0, ge=0, description="scheduler warm-up steps")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
-    mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="accelerate mixed precision")
+    mixed_precision: MixedPrecision = Field("no", description="accelerate mixed precision")
     gradient_checkpointing: bool = Field(False, description="trade compute for UNet activation memory")
     use_8bit_adam: bool = Field(False, description="bitsandbytes AdamW8bit (CUDA only)")
     snr_gamma: float | None = Field(None, gt=0, description="Min-SNR loss weighting gamma (5.0 is typical)")

@@ -27,6 +27,12 @@ def test_recipe_loads_with_defaults_and_overrides(recipe_file):
     assert str(recipe.run_dir) == "outputs/demo"
 
 
+@pytest.mark.parametrize(("value", "expected"), [("no", "no"), ("bf16", "bf16")])
+def test_mixed_precision_no_survives_yaml_reading_it_as_false(recipe_file, value, expected):
+    recipe = load_recipe(recipe_file, [f"train.mixed_precision={value}"])
+    assert recipe.train.mixed_precision == expected
+
+
 @pytest.mark.parametrize(
     ("text", "overrides", "needles"),
     [
