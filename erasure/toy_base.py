@@ -16,7 +16,9 @@ import argparse
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -29,12 +31,13 @@ from diffusers import (
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
+from diffusers.training_utils import EMAModel
 from pydantic import Field
 from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from datasets_icd.toyworld import CONCEPTS, ToyWorld, ToyWorldConfig
-from erasure.config import StrictModel, load_config
+from erasure.config import MixedPrecision, StrictModel, load_config
 from erasure.testing import build_clip_tokenizer
 
 
@@ -58,8 +61,14 @@ class ToyBaseConfig(StrictModel):
     unet_batch_size: int = Field(64, ge=1)
     unet_learning_rate: float = Field(5e-4, gt=0)
     caption_dropout: float = Field(0.1, ge=0, le=1, description="share of empty captions, for CFG")
-    mixed_precision: str = Field("no", description="accelerate mixed precision: no, fp16, bf16")
-    sample_every: int = Field(2000, ge=1)
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of UNet and text encoder weights (0: off)")
+    time_limit_minutes: float | None = Field(
+        None, gt=0, description="whole-run budget: the UNet stage stops early at it; toy_base.json records the steps"
+    )
+    mixed_precision: MixedPrecision = Field("no", description="accelerate mixed precision")
+    weights_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="UNet and VAE files on disk; float16 halves them and they still load as float32"
+    )
 
 
 def _images(config: ToyBaseConfig) -> tuple[torch.Tensor, list[str]]:
@@ -120,8 +129,14 @@ def encode_all(vae: AutoencoderKL, pixels: torch.Tensor, device, batch_size: int
 
 
 def train_unet(
-    config: ToyBaseConfig, latents: torch.Tensor, captions: list[str], tokenizer, accelerator: Accelerator
-) -> tuple[UNet2DConditionModel, CLIPTextModel]:
+    config: ToyBaseConfig,
+    latents: torch.Tensor,
+    captions: list[str],
+    tokenizer,
+    accelerator: Accelerator,
+    deadline: float = float("inf"),
+) -> tuple[UNet2DConditionModel, CLIPTextModel, dict]:
+    """The UNet and text encoder (their EMA weights when ``ema_decay`` > 0) and a record of the run."""
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(tokenizer),
@@ -159,9 +174,15 @@ def train_unet(
     lr_lambda = lambda step: min(1.0, (step + 1) / 500)  # noqa: E731 - a warm-up, then constant
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     unet, text_encoder, optimizer, scheduler = accelerator.prepare(unet, text_encoder, optimizer, scheduler)
+    # The EMA weights sample far more cleanly than the last step's: a small model's loss stays noisy to the end.
+    ema = EMAModel(params, decay=config.ema_decay, foreach=True) if config.ema_decay > 0 else None
     generator = torch.Generator().manual_seed(config.seed + 1)
     alphas = noise_scheduler.alphas_cumprod
+    started, losses, steps_done = time.monotonic(), [], 0
     for step in (bar := tqdm(range(config.unet_steps), desc="unet", disable=not accelerator.is_main_process)):
+        if time.monotonic() > deadline:
+            print(f"unet: time limit reached after {step} of {config.unet_steps} steps")
+            break
         idx = torch.randint(len(latents), (config.unet_batch_size,), generator=generator)
         batch_ids = ids[idx].clone()
         drop = torch.rand(len(idx), generator=generator) < config.caption_dropout
@@ -182,12 +203,24 @@ def train_unet(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.step(params)
+        steps_done = step + 1
         if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-    return accelerator.unwrap_model(unet).eval(), accelerator.unwrap_model(text_encoder).eval()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    if ema is not None:
+        ema.copy_to(params)
+    record = {
+        "unet_steps_done": steps_done,
+        "unet_minutes": round((time.monotonic() - started) / 60, 2),
+        "unet_final_loss": round(float(np.mean(losses[-20:])), 5) if losses else None,
+    }
+    return accelerator.unwrap_model(unet).eval(), accelerator.unwrap_model(text_encoder).eval(), record
 
 
 def train(config: ToyBaseConfig) -> Path:
+    started = time.monotonic()
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
     torch.manual_seed(config.seed)
     work = Path(config.work_dir)
@@ -199,15 +232,18 @@ def train(config: ToyBaseConfig) -> Path:
     latents = encode_all(vae, pixels, accelerator.device)
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
     latents = latents * vae.config.scaling_factor
-    unet, text_encoder = train_unet(config, latents, captions, tokenizer, accelerator)
+    deadline = started + 60 * (config.time_limit_minutes or float("inf"))
+    unet, text_encoder, record = train_unet(config, latents, captions, tokenizer, accelerator, deadline)
     scheduler = DPMSolverMultistepScheduler(
         beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1
     )
+    # The text encoder stays float32: transformers would load float16 weights as float16.
+    dtype = getattr(torch, config.weights_dtype)
     pipe = StableDiffusionPipeline(
-        vae=vae.cpu(),
+        vae=vae.to("cpu", dtype),
         text_encoder=text_encoder.cpu(),
         tokenizer=tokenizer,
-        unet=unet.cpu(),
+        unet=unet.to("cpu", dtype),
         scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,
@@ -218,7 +254,8 @@ def train(config: ToyBaseConfig) -> Path:
     if out.exists():
         shutil.rmtree(out)
     pipe.save_pretrained(out, safe_serialization=True)
-    (out / "toy_base.json").write_text(json.dumps(config.model_dump(mode="json"), indent=2))
+    record |= {"device": str(accelerator.device), "minutes": round((time.monotonic() - started) / 60, 2)}
+    (out / "toy_base.json").write_text(json.dumps({"config": config.model_dump(mode="json"), "run": record}, indent=2))
     return out
 
 
