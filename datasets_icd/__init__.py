@@ -1,6 +1,9 @@
-"""Stage 2: Implicit Concept Datasets — images with captions, concept existence and location tokens."""
+"""Stage 2: Implicit Concept Datasets — images with captions, concept existence and location tokens.
 
-from datasets_icd.features import ICD_FEATURES
+The HF ``datasets`` schema lives in ``datasets_icd.features``; it is not imported here, so the toy world (and the
+toy base model's training, which needs nothing else) runs where ``datasets`` is not installed.
+"""
+
 from datasets_icd.toyworld import ToySample, ToyWorld, ToyWorldConfig
 
-__all__ = ["ICD_FEATURES", "ToySample", "ToyWorld", "ToyWorldConfig"]
+__all__ = ["ToySample", "ToyWorld", "ToyWorldConfig"]

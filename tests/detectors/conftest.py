@@ -7,7 +7,7 @@ import socket
 import pytest
 from datasets import Dataset
 
-from datasets_icd import ICD_FEATURES
+from datasets_icd.features import ICD_FEATURES
 from datasets_icd.toyworld import ToyWorld, ToyWorldConfig
 
 
