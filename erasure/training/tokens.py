@@ -40,7 +40,8 @@ def train_only_rows(text_encoder, ids: list[int]) -> torch.nn.Parameter:
     weight.requires_grad_(True)
     trainable = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
     trainable[ids] = 1
-    weight.register_hook(lambda grad: grad * trainable.to(grad.dtype))
+    # The mask follows the gradient: the encoder is often moved to the GPU after this (accelerator.prepare).
+    weight.register_hook(lambda grad: grad * trainable.to(grad.device, grad.dtype))
     return weight
 
 
