@@ -1,0 +1,89 @@
+"""How well toy base models follow prompts: checker fidelity and toy FID, no detector needed.
+
+    .venv/bin/python benchmarks/toy_base_quality.py assets/toy-sd [more model dirs] --out outputs/quality.json
+
+For each model: images from the same held-out prompt and seed pairs as ``erasure evaluate icr`` (so the numbers
+match its fidelity column), at each ``--guidance`` scale; plus the fidelity of the model's VAE reconstructions of
+the clean reference scenes, the ceiling that the UNet cannot pass. Prints one JSON line per model and writes
+them all to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionPipeline
+from PIL import Image
+
+from erasure.icr import IcrConfig, QualityJudge, heldout_prompts
+from erasure.toy_checker import fidelity
+
+
+@torch.no_grad()
+def reconstruct(pipe: StableDiffusionPipeline, images: list[Image.Image], batch_size: int = 64) -> list[Image.Image]:
+    """Encode and decode images with the pipeline's VAE (latent means)."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = np.stack([np.asarray(im, dtype=np.float32) for im in images[start : start + batch_size]])
+        x = torch.from_numpy(batch).permute(0, 3, 1, 2).to(pipe.device, pipe.vae.dtype) / 127.5 - 1
+        recon = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample
+        pixels = ((recon.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        out.extend(Image.fromarray(p) for p in pixels)
+    return out
+
+
+def measure(model: str, args: argparse.Namespace) -> dict:
+    config = IcrConfig(
+        concept="none", detector="none", model=model, cells=[], num_images=args.num_images, checker=args.checker
+    )
+    prompts = heldout_prompts(config)
+    judge = QualityJudge(config)
+    pipe = StableDiffusionPipeline.from_pretrained(model).to(args.device)
+    pipe.set_progress_bar_config(disable=True)
+    # judge.reference holds the held-out world's scenes of exactly these prompts.
+    result = {
+        "model": model,
+        "vae_reconstruction": fidelity(judge.checker, reconstruct(pipe, judge.reference), prompts),
+    }
+    for scale in args.guidance:
+        started, images = time.perf_counter(), []
+        for start in range(0, len(prompts), args.batch_size):
+            batch = range(start, min(start + args.batch_size, len(prompts)))
+            images += pipe(
+                [prompts[i] for i in batch],
+                num_inference_steps=args.steps,
+                guidance_scale=scale,
+                generator=[torch.Generator().manual_seed(config.seed + i) for i in batch],
+            ).images
+        scores = fidelity(judge.checker, images, prompts) | judge(images, prompts)
+        result[f"guidance_{scale:g}"] = scores | {"seconds": round(time.perf_counter() - started, 1)}
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="+", help="StableDiffusionPipeline directories")
+    parser.add_argument("--checker", default="assets/toy-checker")
+    parser.add_argument("--num-images", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=25, help="DPM-Solver steps, as in erasure evaluate icr")
+    parser.add_argument("--guidance", type=float, nargs="+", default=[7.5])
+    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, default=None, help="JSON file for all results")
+    args = parser.parse_args()
+    results = []
+    for model in args.models:
+        results.append(measure(model, args))
+        print(json.dumps(results[-1]), flush=True)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
