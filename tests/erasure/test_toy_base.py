@@ -22,6 +22,7 @@ def test_toy_base_recipe_trains_and_saves_a_loadable_pipeline(tmp_path):
         "text_layers=1",
         "unet_steps=2",
         "unet_batch_size=4",
+        "mixed_precision=no",
     ]
     config = load_config(ToyBaseConfig, "recipes/toy_base.yaml", overrides)
     out = train(config)
@@ -50,6 +51,7 @@ def test_time_limit_stops_the_unet_stage_early_and_says_so(tmp_path):
         "text_layers=1",
         "unet_steps=1000",
         "unet_batch_size=2",
+        "mixed_precision=no",
         "time_limit_minutes=0.0001",
     ]
     out = train(load_config(ToyBaseConfig, "recipes/toy_base.yaml", overrides))
