@@ -1,11 +1,13 @@
 """How well toy base models follow prompts: checker fidelity and toy FID, no detector needed.
 
-    .venv/bin/python benchmarks/toy_base_quality.py assets/toy-sd [more model dirs] --out outputs/quality.json
+    .venv/bin/python benchmarks/toy_base_quality.py assets/toy-sd [more model dirs] --out outputs/quality.json \
+        --detector yolo:assets/detectors/toy_yolo.safetensors
 
 For each model: images from the same held-out prompt and seed pairs as ``erasure evaluate icr`` (so the numbers
 match its fidelity column), at each ``--guidance`` scale; plus the fidelity of the model's VAE reconstructions of
-the clean reference scenes, the ceiling that the UNet cannot pass. Prints one JSON line per model and writes
-them all to ``--out``.
+the clean reference scenes, the ceiling that the UNet cannot pass. With ``--detector``, also how often the detector
+finds each implicit concept in the VAE's reconstructions of scenes that hold it: a model can only learn to make
+what its VAE can draw, so this caps every ICR. Prints one JSON line per model and writes them all to ``--out``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,22 @@ def reconstruct(pipe: StableDiffusionPipeline, images: list[Image.Image], batch_
         pixels = ((recon.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
         out.extend(Image.fromarray(p) for p in pixels)
     return out
+
+
+def concept_ceiling(pipe: StableDiffusionPipeline, detector, num_images: int = 100) -> dict[str, dict[str, float]]:
+    """Per concept: the detector's hit rate on scenes that hold it, as drawn and as the VAE reconstructs them."""
+    from datasets_icd.toyworld import CONCEPTS, ToyWorld, ToyWorldConfig
+
+    rates = {}
+    for concept in CONCEPTS:
+        world = ToyWorld(ToyWorldConfig(size=64, seed=5, concept_rates={concept: 1.0}))
+        originals = [world.sample(i).image for i in range(num_images)]
+        hits = [
+            np.mean([any(d.concept == concept for d in found) for found in detector.detect(images)])
+            for images in (originals, reconstruct(pipe, originals))
+        ]
+        rates[concept] = {"originals": float(hits[0]), "vae_reconstruction": float(hits[1])}
+    return rates
 
 
 def measure(model: str, args: argparse.Namespace) -> dict:
@@ -72,6 +90,7 @@ def main() -> None:
     parser.add_argument("--num-images", type=int, default=200)
     parser.add_argument("--steps", type=int, default=25, help="DPM-Solver steps, as in erasure evaluate icr")
     parser.add_argument("--guidance", type=float, nargs="+", default=[7.5])
+    parser.add_argument("--detector", help="detector spec, e.g. yolo:assets/detectors/toy_yolo.safetensors")
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=None, help="JSON file for all results")

@@ -53,6 +53,13 @@ class ToyBaseConfig(StrictModel):
     vae_batch_size: int = Field(32, ge=1)
     vae_learning_rate: float = Field(1e-3, gt=0)
     vae_kl_weight: float = Field(1e-6, ge=0)
+    decoder_concept_rates: dict[str, float] = Field(
+        default_factory=dict, description="implicit concepts in the scenes of the decoder-only stage"
+    )
+    decoder_num_images: int = Field(6000, ge=16, description="scenes of the decoder-only stage")
+    decoder_steps: int = Field(0, ge=0, description="decoder-only fine-tune steps after the UNet stage (0: none)")
+    decoder_batch_size: int = Field(16, ge=1)
+    decoder_learning_rate: float = Field(5e-4, gt=0)
     unet_channels: list[int] = Field([64, 128, 128], description="UNet block widths")
     text_width: int = Field(64, ge=8, description="text encoder hidden size = UNet cross-attention width")
     text_layers: int = Field(3, ge=1)
@@ -71,12 +78,12 @@ class ToyBaseConfig(StrictModel):
     )
 
 
-def _images(config: ToyBaseConfig) -> tuple[torch.Tensor, list[str]]:
-    """The clean training scenes as uint8 NCHW plus their captions."""
-    world = ToyWorld(ToyWorldConfig(size=config.resolution, seed=config.world_seed, concept_rates={}))
-    pixels = np.empty((config.num_images, config.resolution, config.resolution, 3), dtype=np.uint8)
+def _images(size: int, seed: int, count: int, rates: dict[str, float]) -> tuple[torch.Tensor, list[str]]:
+    """Toy scenes as uint8 NCHW plus their captions."""
+    world = ToyWorld(ToyWorldConfig(size=size, seed=seed, concept_rates=rates))
+    pixels = np.empty((count, size, size, 3), dtype=np.uint8)
     captions = []
-    for i in tqdm(range(config.num_images), desc="toy scenes", unit="img"):
+    for i in tqdm(range(count), desc="toy scenes", unit="img"):
         sample = world.sample(i)
         pixels[i] = np.asarray(sample.image)
         captions.append(sample.caption)
@@ -116,6 +123,47 @@ def train_vae(config: ToyBaseConfig, pixels: torch.Tensor, accelerator: Accelera
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
     return accelerator.unwrap_model(vae).eval()
+
+
+def train_decoder(config: ToyBaseConfig, vae: AutoencoderKL, accelerator: Accelerator) -> dict:
+    """Teach the decoder alone to draw the implicit concepts; returns a record of the stage.
+
+    The VAE is the model's eye, not its taste: like SD's, it must be able to draw watermarks, QR codes and text,
+    or no fine-tune could ever teach the model to make them (a VAE that saw only clean scenes blurs them away).
+    The encoder stays frozen, so every latent the UNet learned from keeps its meaning.
+    """
+    if config.decoder_steps == 0:
+        return {}
+    seed = config.world_seed + 1  # other scenes than the UNet's
+    pixels, _ = _images(config.resolution, seed, config.decoder_num_images, config.decoder_concept_rates)
+    vae.requires_grad_(False)
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    for param in params:
+        param.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=config.decoder_learning_rate)
+    optimizer = accelerator.prepare(optimizer)
+    vae.to(accelerator.device).train()
+    generator = torch.Generator().manual_seed(config.seed + 2)
+    started, losses = time.monotonic(), []
+    for step in (bar := tqdm(range(config.decoder_steps), desc="decoder", disable=not accelerator.is_main_process)):
+        idx = torch.randint(len(pixels), (config.decoder_batch_size,), generator=generator)
+        x = _to_unit(pixels[idx]).to(accelerator.device)
+        with accelerator.autocast():
+            with torch.no_grad():
+                z = vae.encode(x).latent_dist.sample()
+            recon = vae.decode(z).sample
+            loss = F.l1_loss(recon, x) + F.mse_loss(recon, x)
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 50 == 0:
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    vae.requires_grad_(False).eval()
+    return {
+        "decoder_minutes": round((time.monotonic() - started) / 60, 2),
+        "decoder_final_loss": round(float(np.mean(losses[-20:])), 5),
+    }
 
 
 @torch.no_grad()
@@ -227,13 +275,14 @@ def train(config: ToyBaseConfig) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     world = ToyWorld(ToyWorldConfig(size=config.resolution, concept_rates={}))
     tokenizer = build_clip_tokenizer(world.vocabulary() + list(CONCEPTS), work / "tokenizer", config.max_length)
-    pixels, captions = _images(config)
+    pixels, captions = _images(config.resolution, config.world_seed, config.num_images, {})
     vae = train_vae(config, pixels, accelerator)
     latents = encode_all(vae, pixels, accelerator.device)
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
     latents = latents * vae.config.scaling_factor
     deadline = started + 60 * (config.time_limit_minutes or float("inf"))
     unet, text_encoder, record = train_unet(config, latents, captions, tokenizer, accelerator, deadline)
+    record |= train_decoder(config, vae, accelerator)
     scheduler = DPMSolverMultistepScheduler(
         beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1
     )
@@ -259,12 +308,35 @@ def train(config: ToyBaseConfig) -> Path:
     return out
 
 
+def finetune_decoder(config: ToyBaseConfig, pipeline_dir: str | Path) -> Path:
+    """Run only the decoder stage on an existing toy base pipeline and save its VAE back in place."""
+    pipeline_dir = Path(pipeline_dir)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    torch.manual_seed(config.seed)
+    vae = AutoencoderKL.from_pretrained(pipeline_dir / "vae", torch_dtype=torch.float32)
+    record = train_decoder(config, vae, accelerator)
+    vae.to("cpu", getattr(torch, config.weights_dtype)).save_pretrained(pipeline_dir / "vae", safe_serialization=True)
+    info_path = pipeline_dir / "toy_base.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {"run": {}}
+    info["config"] = config.model_dump(mode="json")
+    info["run"] |= record | {"decoder_device": str(accelerator.device)}
+    info_path.write_text(json.dumps(info, indent=2))
+    return pipeline_dir
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="recipes/toy_base.yaml", help="YAML with ToyBaseConfig fields")
+    parser.add_argument(
+        "--decoder-only",
+        metavar="PIPELINE_DIR",
+        help="run only the decoder stage on this trained pipeline (its VAE is replaced in place)",
+    )
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     args = parser.parse_args(argv)
-    print(f"saved {train(load_config(ToyBaseConfig, args.config, args.overrides))}")
+    config = load_config(ToyBaseConfig, args.config, args.overrides)
+    out = finetune_decoder(config, args.decoder_only) if args.decoder_only else train(config)
+    print(f"saved {out}")
     return 0
 
 

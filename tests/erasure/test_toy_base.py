@@ -58,3 +58,38 @@ def test_time_limit_stops_the_unet_stage_early_and_says_so(tmp_path):
     run = json.loads((out / "toy_base.json").read_text())["run"]
     assert run["unet_steps_done"] < 1000
     assert StableDiffusionPipeline.from_pretrained(out).unet is not None
+
+
+def test_decoder_stage_changes_the_decoder_only(tmp_path):
+    """The UNet learned the encoder's latents, so teaching the decoder to draw the concepts must not move them."""
+    from diffusers import AutoencoderKL
+
+    from erasure.toy_base import finetune_decoder
+
+    overrides = [
+        f"out_dir={tmp_path / 'toy-sd'}",
+        f"work_dir={tmp_path / 'work'}",
+        "resolution=32",
+        "num_images=16",
+        "vae_channels=[32, 32]",
+        "vae_steps=1",
+        "vae_batch_size=2",
+        "unet_channels=[32, 32]",
+        "text_width=32",
+        "text_layers=1",
+        "unet_steps=1",
+        "unet_batch_size=2",
+        "mixed_precision=no",
+        "decoder_steps=3",
+        "decoder_num_images=16",
+        "decoder_batch_size=2",
+        "decoder_concept_rates={watermark: 1.0}",
+    ]
+    config = load_config(ToyBaseConfig, "recipes/toy_base.yaml", overrides)
+    out = train(config.model_copy(update={"decoder_steps": 0}))
+    before = AutoencoderKL.from_pretrained(out / "vae").state_dict()
+    finetune_decoder(config, out)
+    after = AutoencoderKL.from_pretrained(out / "vae").state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed)
+    assert json.loads((out / "toy_base.json").read_text())["run"]["decoder_final_loss"] > 0
