@@ -8,7 +8,7 @@ from erasure.demo import METHODS, TOY_DETECTOR, main
 
 
 @pytest.mark.slow
-def test_demo_runs_the_whole_chain(tmp_path, tiny_sd_dir):
+def test_demo_runs_the_whole_chain(tmp_path, tiny_sd_dir, tiny_latent_clip_dir):
     detector = f"yolo:{TOY_DETECTOR}" if TOY_DETECTOR.exists() else "qr"
     argv = [
         "--out",
@@ -36,7 +36,10 @@ def test_demo_runs_the_whole_chain(tmp_path, tiny_sd_dir):
     assert (tmp_path / "demo.png").stat().st_size > 0
     assert len(list((tmp_path / "icr" / "geom_erasing" / "images").glob("*.png"))) == 4
     record = tmp_path / "toy_icr.json"
-    assert main([*argv, "--methods", *METHODS, "--record", str(record)]) == 0  # reuses runs, adds the other cells
+    with pytest.raises(SystemExit):  # naive_latent_clip without a Latent-CLIP
+        main([*argv, "--methods", "naive_latent_clip"])
+    everything = ["--methods", *METHODS, "--record", str(record), "--latent-clip", str(tiny_latent_clip_dir)]
+    assert main([*argv, *everything]) == 0  # reuses runs, adds the other cells
     table = json.loads(record.read_text())["watermark"]
     assert list(table) == list(METHODS)
     assert set(table["naive_sld_strong"]) == {"icr", "ci95", "fidelity", "fid", "n"}

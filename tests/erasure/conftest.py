@@ -96,27 +96,3 @@ def draw_tiny_icd():
 def train_tiny():
     """``train_tiny(workdir, model_dir, icd_dir, *overrides, kind="sd")`` → TrainResult of a 4-step run."""
     return _train_tiny
-
-
-@pytest.fixture(scope="session")
-def tiny_latent_clip_dir(tmp_path_factory) -> Path:
-    """A random Latent-CLIP for the tiny pipelines' 16 x 16 x 4 latents, saved as `erasure.latent_clip` does."""
-    import torch
-
-    from erasure.latent_clip import LatentClip, LatentClipSpec
-    from erasure.testing import tiny_tokenizer
-
-    torch.manual_seed(0)
-    spec = LatentClipSpec(
-        latent_size=16,
-        patch_size=4,
-        width=32,
-        layers=1,
-        heads=4,
-        text_width=32,
-        text_layers=1,
-        text_heads=4,
-        max_length=16,
-        projection_dim=16,
-    )
-    return LatentClip.build(spec, tiny_tokenizer()).save_pretrained(tmp_path_factory.mktemp("latent-clip"))
