@@ -23,6 +23,9 @@ def test_toy_base_recipe_trains_and_saves_a_loadable_pipeline(tmp_path):
         "unet_steps=2",
         "unet_batch_size=4",
         "mixed_precision=no",
+        "decoder_steps=2",
+        "decoder_num_images=16",
+        "decoder_batch_size=2",
     ]
     config = load_config(ToyBaseConfig, "recipes/toy_base.yaml", overrides)
     out = train(config)
@@ -34,7 +37,7 @@ def test_toy_base_recipe_trains_and_saves_a_loadable_pipeline(tmp_path):
     ).images
     assert image.shape == (1, 32, 32, 3) and np.isfinite(image).all()
     run = json.loads((out / "toy_base.json").read_text())["run"]
-    assert run["unet_steps_done"] == 2
+    assert run["unet_steps_done"] == 2 and run["decoder_final_loss"] > 0
 
 
 def test_time_limit_stops_the_unet_stage_early_and_says_so(tmp_path):
@@ -53,6 +56,7 @@ def test_time_limit_stops_the_unet_stage_early_and_says_so(tmp_path):
         "unet_batch_size=2",
         "mixed_precision=no",
         "time_limit_minutes=0.0001",
+        "decoder_steps=0",
     ]
     out = train(load_config(ToyBaseConfig, "recipes/toy_base.yaml", overrides))
     run = json.loads((out / "toy_base.json").read_text())["run"]
