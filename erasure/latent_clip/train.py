@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from datasets_icd.geometry import DEFAULT_GRID, LOCATION_TOKEN, location_vocabulary
 from erasure.config import ConfigError, StrictModel, dump_config, load_config
 from erasure.latent_clip.model import LatentClip, LatentClipSpec
 
@@ -38,6 +40,11 @@ class DataSection(StrictModel):
     caption_column: str = Field("caption", description="column holding the captions")
     max_images: int | None = Field(None, ge=2, description="use only the first N rows")
     held_out: int = Field(0, ge=0, description="the last N rows are never trained on (for evaluation)")
+    location_tokens: Literal["add", "strip"] = Field(
+        "add",
+        description="captions with Geom-Erasing location tokens (an ICD's geom_caption): 'add' makes each <loc_r_c> "
+        "one new tokenizer entry, as the Geom-Erasing trainer does; 'strip' removes them, keeping the concept names",
+    )
 
 
 class TrainSection(StrictModel):
@@ -115,6 +122,21 @@ def teacher_image_embeds(teacher_dir: str, images, cache: Path, device, batch_si
     return embeds
 
 
+def prepare_captions(captions: list[str], tokenizer, location_tokens: str) -> list[str]:
+    """Captions as the text tower reads them. A tokenizer that lacks ``<loc_r_c>`` spells each one into about nine
+    pieces, which pushes the rest of a caption past ``max_length``; 'add' gives it every token of the grid (at least
+    the default 4x4), so a cell unseen in training is one token too; 'strip' drops them with the space before them."""
+    found = {(int(r), int(c)) for caption in captions for r, c in LOCATION_TOKEN.findall(caption)}
+    if not found:
+        return captions
+    if location_tokens == "strip":
+        return [re.sub(r"\s*" + LOCATION_TOKEN.pattern, "", caption) for caption in captions]
+    if location_tokens != "add":
+        raise ValueError(f"Unknown location_tokens {location_tokens!r}: use 'add' or 'strip'")
+    tokenizer.add_tokens(location_vocabulary(max(DEFAULT_GRID, 1 + max(max(cell) for cell in found))))
+    return captions
+
+
 def _cached_latent_dists(paths: list[Path]) -> torch.Tensor:
     from safetensors.torch import load_file
 
@@ -154,7 +176,9 @@ def train(recipe: LatentClipRecipe) -> Path:
             f"{recipe.data.resolution}: set model.latent_channels={latent_shape[0]} and model.latent_size="
             f"{latent_shape[1]}"
         )
-    captions = list(dataset.select(range(train_rows))[recipe.data.caption_column])
+    captions = prepare_captions(
+        list(dataset.select(range(train_rows))[recipe.data.caption_column]), tokenizer, recipe.data.location_tokens
+    )
     input_ids = tokenizer(
         captions, padding="max_length", max_length=spec.max_length, truncation=True, return_tensors="pt"
     ).input_ids

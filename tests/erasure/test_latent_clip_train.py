@@ -13,7 +13,8 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
 from erasure.config import ConfigError, load_config
 from erasure.latent_clip import LatentClip
-from erasure.latent_clip.train import RUN_RECORD, TEACHER_FILE, LatentClipRecipe, train
+from erasure.latent_clip.train import RUN_RECORD, TEACHER_FILE, LatentClipRecipe, prepare_captions, train
+from erasure.testing import tiny_tokenizer
 
 MODEL = (
     "{latent_size: 16, patch_size: 4, width: 32, layers: 2, heads: 4, text_width: 32, text_layers: 2, "
@@ -119,7 +120,31 @@ def test_bad_recipes_fail_with_the_field_and_fix(recipe_file, tmp_path, override
         train(load(recipe_file, f"output_dir={tmp_path}/run", "model.patch_size=4", override))
 
 
-def test_the_toy_recipe_validates_and_has_64_tokens_like_latent_vit_b8():
+def test_the_toy_recipe_validates_and_reads_the_toy_base_models_latents():
     recipe = load_config(LatentClipRecipe, "recipes/latent_clip_toy.yaml")
-    assert (recipe.model.latent_size // recipe.model.patch_size) ** 2 == 64
-    assert recipe.data.held_out > 0
+    vae = AutoencoderKL.load_config(recipe.data.pipeline, subfolder="vae")
+    down = 2 ** (len(vae["block_out_channels"]) - 1)
+    assert (recipe.model.latent_channels, recipe.model.latent_size * down) == (vae["latent_channels"], 64)
+    assert recipe.data.resolution == 64 and recipe.data.caption_column == "geom_caption"
+
+
+GEOM = "one red circle on a blue background, watermark <loc_0_3> <loc_1_3>, text <loc_3_0>"
+
+
+@pytest.mark.parametrize(
+    ("captions", "mode", "expected", "added"),
+    [
+        (["one red circle"], "add", ["one red circle"], 0),
+        ([GEOM], "strip", ["one red circle on a blue background, watermark, text"], 0),
+        ([GEOM], "add", [GEOM], 16),  # the whole default 4x4 grid, not only the cells seen
+        (["a, qrcode <loc_5_0>"], "add", ["a, qrcode <loc_5_0>"], 36),  # a 6x6 grid
+    ],
+    ids=["no-tokens", "strip", "add-4x4", "add-6x6"],
+)
+def test_location_tokens_are_added_as_single_tokens_or_stripped(captions, mode, expected, added):
+    tokenizer = tiny_tokenizer()
+    size = len(tokenizer)
+    assert prepare_captions(captions, tokenizer, mode) == expected
+    assert len(tokenizer) == size + added
+    if added:
+        assert tokenizer.tokenize("watermark <loc_1_3>")[1:] == ["<loc_1_3>"]
