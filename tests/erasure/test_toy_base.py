@@ -8,26 +8,31 @@ from erasure.config import load_config
 from erasure.toy_base import ToyBaseConfig, train
 
 
-def test_toy_base_recipe_trains_and_saves_a_loadable_pipeline(tmp_path):
-    overrides = [
+def tiny_config(tmp_path, *overrides: str) -> ToyBaseConfig:
+    """The recipe at test size: 32 px, two-block models, two steps per stage, no decoder stage unless asked."""
+    sizes = [
         f"out_dir={tmp_path / 'toy-sd'}",
         f"work_dir={tmp_path / 'work'}",
         "resolution=32",
         "num_images=16",
         "vae_channels=[32, 32]",
         "vae_steps=2",
-        "vae_batch_size=4",
+        "vae_batch_size=2",
         "unet_channels=[32, 32]",
         "text_width=32",
         "text_layers=1",
         "unet_steps=2",
-        "unet_batch_size=4",
+        "unet_batch_size=2",
         "mixed_precision=no",
-        "decoder_steps=2",
+        "decoder_steps=0",
         "decoder_num_images=16",
         "decoder_batch_size=2",
     ]
-    config = load_config(ToyBaseConfig, "recipes/toy_base.yaml", overrides)
+    return load_config(ToyBaseConfig, "recipes/toy_base.yaml", [*sizes, *overrides])
+
+
+def test_toy_base_recipe_trains_and_saves_a_loadable_pipeline(tmp_path):
+    config = tiny_config(tmp_path, "decoder_steps=2")
     out = train(config)
     pipe = StableDiffusionPipeline.from_pretrained(out)
     assert pipe.vae.config.scaling_factor != 1.0  # fitted to the latents' spread
@@ -41,24 +46,7 @@ def test_toy_base_recipe_trains_and_saves_a_loadable_pipeline(tmp_path):
 
 
 def test_time_limit_stops_the_unet_stage_early_and_says_so(tmp_path):
-    overrides = [
-        f"out_dir={tmp_path / 'toy-sd'}",
-        f"work_dir={tmp_path / 'work'}",
-        "resolution=32",
-        "num_images=16",
-        "vae_channels=[32, 32]",
-        "vae_steps=1",
-        "vae_batch_size=2",
-        "unet_channels=[32, 32]",
-        "text_width=32",
-        "text_layers=1",
-        "unet_steps=1000",
-        "unet_batch_size=2",
-        "mixed_precision=no",
-        "time_limit_minutes=0.0001",
-        "decoder_steps=0",
-    ]
-    out = train(load_config(ToyBaseConfig, "recipes/toy_base.yaml", overrides))
+    out = train(tiny_config(tmp_path, "unet_steps=1000", "time_limit_minutes=0.0001"))
     run = json.loads((out / "toy_base.json").read_text())["run"]
     assert run["unet_steps_done"] < 1000
     assert StableDiffusionPipeline.from_pretrained(out).unet is not None
@@ -70,26 +58,7 @@ def test_decoder_stage_changes_the_decoder_only(tmp_path):
 
     from erasure.toy_base import finetune_decoder
 
-    overrides = [
-        f"out_dir={tmp_path / 'toy-sd'}",
-        f"work_dir={tmp_path / 'work'}",
-        "resolution=32",
-        "num_images=16",
-        "vae_channels=[32, 32]",
-        "vae_steps=1",
-        "vae_batch_size=2",
-        "unet_channels=[32, 32]",
-        "text_width=32",
-        "text_layers=1",
-        "unet_steps=1",
-        "unet_batch_size=2",
-        "mixed_precision=no",
-        "decoder_steps=3",
-        "decoder_num_images=16",
-        "decoder_batch_size=2",
-        "decoder_concept_rates={watermark: 1.0}",
-    ]
-    config = load_config(ToyBaseConfig, "recipes/toy_base.yaml", overrides)
+    config = tiny_config(tmp_path, "decoder_steps=3", "decoder_concept_rates={watermark: 1.0}")
     out = train(config.model_copy(update={"decoder_steps": 0}))
     before = AutoencoderKL.from_pretrained(out / "vae").state_dict()
     finetune_decoder(config, out)
