@@ -1,7 +1,7 @@
 """Issue 8 on the toy world: does a Latent-CLIP know shape, colour and watermark, and does it help ReNO?
 
-    nice -n 10 .venv/bin/python benchmarks/latent_clip_toy.py outputs/latent_clip_toy \
-        --out outputs/latent_clip_toy/benchmark.json
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/latent_clip_toy.py outputs/latent_clip_toy \
+        --out outputs/latent_clip_toy/benchmark.json                       # add --steps 2 for a 2-step sampler
 
 Zero-shot: ``--zero-shot-images`` scenes of the ICR's held-out world seed (no training image comes from it), a
 watermark pasted on about half of them, encoded by the base model's VAE (latent means). Each latent is scored
@@ -177,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checker", default="assets/toy-checker", help="toy checker for prompt fidelity")
     parser.add_argument("--zero-shot-images", type=int, default=1000, help="unseen scenes for zero-shot (0: skip)")
     parser.add_argument("--world-seed", type=int, default=IcrConfig.model_fields["prompt_seed"].default)
-    parser.add_argument("--reno-prompts", type=int, default=50, help="held-out prompts for ReNO (0: skip)")
-    parser.add_argument("--steps", type=int, default=2, help="few-step sampler steps (the pipeline's scheduler)")
+    parser.add_argument("--reno-prompts", type=int, default=100, help="held-out prompts for ReNO (0: skip)")
+    parser.add_argument("--steps", type=int, default=1, help="few-step sampler steps (the pipeline's scheduler)")
     parser.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance of the sampler")
     parser.add_argument("--iterations", type=int, default=50, help="ReNO iterations (ReNO: 50)")
     parser.add_argument("--lr", type=float, default=5.0, help="ReNO learning rate (ReNO: 5)")

@@ -5,9 +5,10 @@
 The images of an HF dataset (``save_to_disk``; an Implicit Concept Dataset works as is) are encoded once by the
 pipeline's VAE and cached as safetensors under RUN_DIR/latents (mean and std, so every step draws a fresh latent
 sample); a teacher's image embeddings are cached the same way. The text tower uses the pipeline's tokenizer, so
-the model reads the same captions as the UNet. Each step's batch is drawn from a generator seeded by the step, so
-``train.resume=latest`` continues in the same data order. The model lands in RUN_DIR (``LatentClip.from_pretrained``)
-with RUN_DIR/latent_clip_run.json recording the recipe and versions.
+the model reads the same captions as the UNet; Geom-Erasing location tokens in captions (an ICD's ``geom_caption``)
+become single tokenizer entries or are stripped (``data.location_tokens``). Each step's batch is drawn from a
+generator seeded by the step, so ``train.resume=latest`` continues in the same data order. The model lands in
+RUN_DIR (``LatentClip.from_pretrained``) with RUN_DIR/latent_clip_run.json recording the recipe and versions.
 """
 
 from __future__ import annotations
