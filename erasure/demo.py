@@ -1,15 +1,16 @@
 """The main job on the built-in toy world: a model learns a watermark it was never told about, Geom-Erasing removes it.
 
     make demo                     # = python -m erasure.demo
-    python -m erasure.demo --concept qrcode --num-images 2000 --train-steps 400 --eval-images 200 --steps 25 \
-        --methods naive naive_negative_prompt naive_sld_medium naive_sld_strong geom_erasing_plain geom_erasing \
+    python -m erasure.demo --concept qrcode --num-images 2000 --train-steps 400 --eval-images 200 --steps 20 \
+        --methods base naive naive_negative_prompt naive_sld_medium naive_sld_strong geom_erasing_plain geom_erasing \
         geom_erasing_sld --out outputs/toy_icr/qrcode --record benchmarks/toy_icr.json   # the full table
 
 1. ``icd build``: a synthetic Implicit Concept Dataset where the concept is in about half the images, never
    named in the raw captions, with its boxes as location tokens in the geom captions;
 2. ``train.py``: a naive LoRA fine-tune (plain captions) and a Geom-Erasing one (location tokens + LoRA);
 3. ``erasure evaluate icr``: how often the toy detector finds the concept in images of held-out prompts —
-   naive, Geom-Erasing with the plain prompt, Geom-Erasing with its learned negative prompt;
+   the base model (the detector's false alarms: no ICR can go below it), naive, Geom-Erasing with the plain
+   prompt, Geom-Erasing with its learned negative prompt;
 4. a table, ``demo.json`` and a figure (sample grids before and after, ICR bars) in ``--out``.
 
 Every stage resumes: rerun the same command and finished work is reused. A different command needs another --out.
@@ -32,8 +33,10 @@ REPO = Path(__file__).resolve().parents[1]
 TOY_BASE = REPO / "assets" / "toy-sd"
 TOY_DETECTOR = REPO / "assets" / "detectors" / "toy_yolo.safetensors"
 TOY_CHECKER = REPO / "assets" / "toy-checker"
-# The methods of the toy-world table: which run they sample from and how; "run" is the run's learned template.
+# The methods of the toy-world table: which run they sample from (None: the base model) and how; a negative
+# prompt "run" is the run's learned template.
 METHODS: dict[str, dict] = {
+    "base": {"run": None},  # the base model: how often the detector flags images of a UNet that never saw the concept
     "naive": {"run": "naive"},
     "naive_negative_prompt": {"run": "naive", "negative_prompt": "{concept}"},
     "naive_sld_medium": {"run": "naive", "sld": "medium"},
@@ -43,7 +46,7 @@ METHODS: dict[str, dict] = {
     "geom_erasing_sld": {"run": "geom_erasing", "negative_prompt": "run", "sld": "medium"},
     "naive_latent_clip": {"run": "naive", "latent_clip": None},  # the Latent-CLIP comes from --latent-clip
 }
-DEMO_METHODS = ["naive", "geom_erasing_plain", "geom_erasing"]
+DEMO_METHODS = ["base", "naive", "geom_erasing_plain", "geom_erasing"]
 
 
 def _base_model(out: Path, requested: str | None) -> tuple[str, bool]:
@@ -114,7 +117,7 @@ def _figure(out: Path, results: dict, cells: list[str], concept: str) -> Path:
         [100 * (results[c]["icr"] - results[c]["ci95"][0]) for c in cells],
         [100 * (results[c]["ci95"][1] - results[c]["icr"]) for c in cells],
     ]
-    colours = ["#c44" if c.startswith("naive") else "#48c" for c in cells]
+    colours = ["#999" if c == "base" else "#c44" if c.startswith("naive") else "#48c" for c in cells]
     ax.bar(range(len(cells)), icr, yerr=errors, capsize=4, color=colours)
     ax.set_xticks(range(len(cells)), cells, rotation=30, ha="right")
     ax.set_ylabel(f"{concept} ICR (%)")
@@ -204,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     cells = []
     for name in args.methods:
         method = dict(METHODS[name])
-        cell = {"name": name, "lora_run": str(runs[method.pop("run")]), **method}
+        run = method.pop("run")
+        cell = {"name": name, "lora_run": str(runs[run]) if run else None, **method}
         if "negative_prompt" in cell:
             cell["negative_prompt"] = cell["negative_prompt"].replace("{concept}", args.concept)
         if "latent_clip" in cell:

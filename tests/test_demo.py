@@ -28,7 +28,7 @@ def test_demo_runs_the_whole_chain(tmp_path, tiny_sd_dir, tiny_latent_clip_dir):
     ]
     assert main(argv) == 0
     summary = json.loads((tmp_path / "demo.json").read_text())
-    assert set(summary["results"]) == {"naive", "geom_erasing_plain", "geom_erasing"}
+    assert set(summary["results"]) == {"base", "naive", "geom_erasing_plain", "geom_erasing"}
     for cell in summary["results"].values():
         assert cell["n"] == 4 and 0 <= cell["icr"] <= 1 and 0 <= cell["fidelity"] <= 1
     geom_run = tmp_path / "runs" / "toy_geom_erasing_watermark"
