@@ -9,7 +9,7 @@
    named in the raw captions, with its boxes as location tokens in the geom captions;
 2. ``train.py``: a naive LoRA fine-tune (plain captions) and a Geom-Erasing one (location tokens + LoRA);
 3. ``erasure evaluate icr``: how often the toy detector finds the concept in images of held-out prompts —
-   the base model (the detector's false alarms: no ICR can go below it), naive, Geom-Erasing with the plain
+   the base model (the detector's false alarms: the floor of the other rows), naive, Geom-Erasing with the plain
    prompt, Geom-Erasing with its learned negative prompt;
 4. a table, ``demo.json`` and a figure (sample grids before and after, ICR bars) in ``--out``.
 
