@@ -5,9 +5,12 @@ downloaded) on the ground-truth boxes of an Implicit Concept Dataset; write safe
 
 Writes OUT/yolo.safetensors (load with ``detectors.load("yolo:OUT/yolo.safetensors")``), OUT/metrics.json and
 OUT/metrics.md (precision, recall, AP50 per class on the held-out rows), and ultralytics' run in OUT/train.
-``--resume`` continues an interrupted run from its last epoch. Offline by construction: YOLO_OFFLINE stops hub
-and telemetry calls, ``amp=False`` skips the AMP check (it downloads a model on GPUs), ``plots=False`` avoids
-the plot font download, and the model is built from its yaml.
+``--resume`` continues an interrupted run from its last epoch. ``--init`` fine-tunes weights written by this
+command instead of starting from random; ``--negatives`` adds folders of images known to hold none of the
+classes (a base model's samples, say), so the detector also learns what is *not* a concept.
+
+Offline by construction: YOLO_OFFLINE stops hub and telemetry calls, ``amp=False`` skips the AMP check (it
+downloads a model on GPUs), ``plots=False`` avoids the plot font download, and the model is built from its yaml.
 """
 
 from __future__ import annotations
@@ -18,9 +21,12 @@ from pathlib import Path
 from unittest import mock
 
 import yaml
+from PIL import Image
 from tqdm import tqdm
 
-from detectors.yolo import YOLODetector, save_yolo
+from detectors.yolo import YOLODetector, load_yolo_model, save_yolo
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 CLASSES = ("watermark", "qrcode", "text")
 
@@ -39,6 +45,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="data loader workers")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue OUT/train from its last checkpoint")
+    parser.add_argument(
+        "--init", type=Path, default=None, help="start from these train-yolo weights (.safetensors), not random"
+    )
+    parser.add_argument(
+        "--negatives",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="folders of images holding none of the classes, trained on with empty labels "
+        "(e.g. a base model's samples: its rendering artefacts are not watermarks)",
+    )
 
 
 def export_yolo_layout(dataset, out: Path, classes: list[str], val_fraction: float) -> Path:
@@ -75,6 +92,35 @@ def export_yolo_layout(dataset, out: Path, classes: list[str], val_fraction: flo
     return data_yaml
 
 
+def add_negatives(folders: list[Path], out: Path) -> int:
+    """Copy every image of ``folders`` into the training split with an empty label file; returns the count.
+
+    Idempotent like the export, so a resumed run reuses them."""
+    count = 0
+    for number, folder in enumerate(folders):
+        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+        if not paths:
+            raise SystemExit(f"{folder}: no images to use as negatives")
+        for path in paths:
+            stem = f"neg{number}-{path.stem}"
+            label_path = out / "labels" / "train" / f"{stem}.txt"
+            if not label_path.exists():
+                Image.open(path).convert("RGB").save(out / "images" / "train" / f"{stem}.png")
+                label_path.write_text("")
+            count += 1
+    return count
+
+
+def _init_checkpoint(weights: Path, out: Path) -> str:
+    """Ultralytics fine-tunes from a ``pretrained`` checkpoint path; write ours (safetensors) in its format."""
+    import torch
+
+    model, _ = load_yolo_model(weights)
+    path = out / "init.pt"
+    torch.save({"model": model.float()}, path)
+    return str(path)
+
+
 def run(args: argparse.Namespace) -> int:
     from datasets import load_from_disk
     from ultralytics import YOLO
@@ -87,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
     if args.num_images:
         dataset = dataset.select(range(min(args.num_images, len(dataset))))
     data_yaml = export_yolo_layout(dataset, args.out / "data", args.classes, args.val_fraction)
+    if args.negatives:
+        print(f"{add_negatives(args.negatives, args.out / 'data')} negative images added to the training split")
     last = args.out / "train" / "weights" / "last.pt"
     with _no_font_probe():
         if args.resume and last.is_file():
@@ -94,6 +142,10 @@ def run(args: argparse.Namespace) -> int:
             model.train(resume=True)
         else:
             model = YOLO(args.model, task="detect")
+            if args.init is not None:
+                model_names = list(load_yolo_model(args.init)[0].names.values())
+                if model_names != list(args.classes):
+                    raise SystemExit(f"{args.init}: classes {model_names} differ from --classes {args.classes}")
             model.train(
                 data=str(data_yaml),
                 epochs=args.epochs,
@@ -105,7 +157,9 @@ def run(args: argparse.Namespace) -> int:
                 project=str(args.out.resolve()),
                 name="train",
                 exist_ok=True,
-                pretrained=False,
+                # False: the yaml's random init; a path: fine-tune those weights (no warm-up from them)
+                pretrained=False if args.init is None else _init_checkpoint(args.init, args.out),
+                **({} if args.init is None else {"warmup_epochs": 0}),
                 amp=False,
                 plots=False,
                 mosaic=0.0,  # at 64 px a mosaic shrinks the small concepts below what the stride can see

@@ -70,6 +70,44 @@ def test_train_yolo_runs_offline_and_writes_loadable_weights(tmp_path, no_networ
     assert no_network == []
 
 
+@pytest.mark.slow
+def test_train_yolo_fine_tunes_init_weights_with_negative_images(tmp_path, no_network, save_toy_icd):
+    from ultralytics.nn.tasks import DetectionModel
+
+    from detectors.yolo import save_yolo
+
+    torch.manual_seed(7)  # not the trainer's seed: a run that ignored --init would start elsewhere
+    init = DetectionModel(cfg="yolov8n.yaml", nc=3, verbose=False)
+    init.names = {0: "watermark", 1: "qrcode", 2: "text"}
+    save_yolo(init, tmp_path / "init.safetensors", imgsz=64)
+    save_toy_icd(tmp_path / "icd", num_images=20, size=64, seed=1, concept_rates=TOY_RATES)
+    (tmp_path / "negs").mkdir()
+    for i in range(3):
+        Image.new("RGB", (64, 64), (40 * i, 90, 200)).save(tmp_path / "negs" / f"{i}.png")
+    argv = ["train-yolo", "--dataset", str(tmp_path / "icd"), "--out", str(tmp_path / "yolo"), "--epochs", "1"]
+    argv += ["--init", str(tmp_path / "init.safetensors"), "--negatives", str(tmp_path / "negs")]
+    assert main([*argv, "--batch", "8", "--workers", "0", "--device", "cpu"]) == 0
+    labels = tmp_path / "yolo" / "data" / "labels" / "train"
+    assert sorted(p.name for p in labels.glob("neg*")) == [f"neg0-{i}.txt" for i in range(3)]
+    assert all(p.read_text() == "" for p in labels.glob("neg*"))
+    tuned, _ = load_yolo_model(tmp_path / "yolo" / "yolo.safetensors")
+    loaded, _ = load_yolo_model(tmp_path / "init.safetensors")
+    torch.manual_seed(0)
+    fresh = DetectionModel(cfg="yolov8n.yaml", nc=3, verbose=False)
+    first = "model.0.conv.weight"
+    to_init = (tuned.state_dict()[first].float() - loaded.state_dict()[first].float()).abs().mean()
+    to_fresh = (tuned.state_dict()[first].float() - fresh.state_dict()[first].float()).abs().mean()
+    assert to_init < 0.1 * to_fresh
+    assert no_network == []
+
+
+def test_train_yolo_refuses_init_weights_of_other_classes(tmp_path, random_yolo_weights, save_toy_icd):
+    save_toy_icd(tmp_path / "icd", num_images=4, size=64, seed=1, concept_rates=TOY_RATES)
+    argv = ["train-yolo", "--dataset", str(tmp_path / "icd"), "--out", str(tmp_path / "yolo")]
+    with pytest.raises(SystemExit, match="differ from --classes"):
+        main([*argv, "--init", str(random_yolo_weights), "--classes", "text", "watermark", "qrcode"])
+
+
 def test_evaluate_cli_writes_json_and_markdown(tmp_path, save_toy_icd):
     save_toy_icd(tmp_path / "icd", num_images=12, size=256, seed=4, concept_rates={"qrcode": 0.5})
     truth = sum(len(row) for row in load_from_disk(str(tmp_path / "icd"))["concepts"])
