@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 EMBEDS_FILE = "learned_embeds.safetensors"
+UNET_DIR = "unet"  # a run trained with lora.full_unet keeps its whole UNet here
 NEGATIVE_PROMPT_FILE = "negative_prompt.txt"
 DTYPES = ("float32", "float16", "bfloat16")
 RECORD_FILE = "generate.json"
@@ -103,8 +104,16 @@ def _load_run(pipe: SLDPipeline | SLDXLPipeline, run_dir: Path) -> None:
     from erasure.training.tokens import load_learned_embeds
 
     has_lora, has_embeds = (run_dir / LORA_FILE).is_file(), (run_dir / EMBEDS_FILE).is_file()
-    if not (has_lora or has_embeds):
-        raise FileNotFoundError(f"{run_dir} holds neither {LORA_FILE} nor {EMBEDS_FILE}: is it a training run?")
+    has_unet = (run_dir / UNET_DIR / "config.json").is_file()
+    if not (has_lora or has_embeds or has_unet):
+        raise FileNotFoundError(
+            f"{run_dir} holds none of {LORA_FILE}, {EMBEDS_FILE}, {UNET_DIR}/: is it a training run?"
+        )
+    if has_unet:
+        from diffusers import UNet2DConditionModel
+
+        unet = UNet2DConditionModel.from_pretrained(run_dir / UNET_DIR, torch_dtype=pipe.unet.dtype)
+        pipe.unet = unet.to(pipe.unet.device)
     if has_lora:
         pipe.load_lora_weights(run_dir, weight_name=LORA_FILE)
     if has_embeds:

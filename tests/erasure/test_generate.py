@@ -79,6 +79,19 @@ def test_load_pipeline_with_a_training_run(run_dir, tiny_sd_dir):
     assert np.abs(with_lora - without).max() > 1e-3
 
 
+def test_load_pipeline_with_a_full_unet_run(tmp_path, tiny_sd_dir):
+    unet = StableDiffusionPipeline.from_pretrained(tiny_sd_dir).unet
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    unet.save_pretrained(tmp_path / "run" / "unet")  # what lora.full_unet runs export
+    loaded = load_pipeline(str(tiny_sd_dir), lora_run=tmp_path / "run").pipeline
+    assert all(torch.equal(a, b) for a, b in zip(loaded.unet.parameters(), unet.parameters(), strict=True))
+    with pytest.raises(FileNotFoundError, match="is it a training run"):
+        load_pipeline(str(tiny_sd_dir), lora_run=tmp_path)
+
+
 def test_generate_uses_the_run_negative_prompt(tmp_path, run_dir, tiny_sd_dir):
     out = tmp_path / "out"
     assert _generate(out, tiny_sd_dir, "a cat", "--lora", str(run_dir), "--use-run-negative-prompt") == 0
