@@ -5,7 +5,8 @@
 An evaluation is a table of *cells* (a method: base model or training run, negative prompt, SLD preset),
 each generating ``num_images`` images from the same held-out prompt and seed pairs, so cells differ only in
 the method. Images and per-image detections are kept on disk, so a killed evaluation resumes where it
-stopped; finished cells are never generated again.
+stopped; finished cells are never generated again. Each detection record names its detector: run with another
+``detector`` and the stored images are detected again, not generated again.
 """
 
 from __future__ import annotations
@@ -122,6 +123,35 @@ def _load_records(cell_dir: Path) -> dict[int, dict]:
     return records
 
 
+def _write_records(cell_dir: Path, records: dict[int, dict]) -> None:
+    tmp = _records_path(cell_dir).with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(records[i]) + "\n" for i in sorted(records)), encoding="utf-8")
+    tmp.replace(_records_path(cell_dir))
+
+
+def _hits(config: IcrConfig, detections: list) -> list[dict]:
+    return [d.as_record() for d in detections if d.concept == config.concept]
+
+
+def _redetect(config: IcrConfig, cell_dir: Path, records: dict[int, dict], detector) -> None:
+    """Detect again, with this evaluation's detector, the stored images another detector scored; records whose
+    image is gone are dropped, so those images are generated again."""
+    from PIL import Image
+
+    stale = [i for i, r in records.items() if r.get("detector") != config.detector]
+    if not stale:
+        return
+    for i in [i for i in stale if not (cell_dir / "images" / f"{i:05d}.png").is_file()]:
+        del records[i]
+    stale = [i for i in stale if i in records]
+    for start in tqdm(range(0, len(stale), config.batch_size), desc=f"re-detect {cell_dir.name}", unit="batch"):
+        batch = stale[start : start + config.batch_size]
+        images = [Image.open(cell_dir / "images" / f"{i:05d}.png").convert("RGB") for i in batch]
+        for i, detections in zip(batch, detector.detect(images), strict=True):
+            records[i] |= {"detector": config.detector, "detections": _hits(config, detections)}
+    _write_records(cell_dir, records)
+
+
 def _negative_prompts(cell: IcrCell, run_template: str | None, prompts: list[str]) -> list[str] | None:
     template = cell.negative_prompt
     if template == "run":
@@ -142,6 +172,7 @@ def evaluate_cell(
     cell_dir = Path(config.out_dir) / cell.name
     (cell_dir / "images").mkdir(parents=True, exist_ok=True)
     records = _load_records(cell_dir)
+    _redetect(config, cell_dir, records, detector)
     todo = [i for i in range(config.num_images) if i not in records]
     if todo:
         loaded = load_pipeline(
@@ -177,8 +208,13 @@ def evaluate_cell(
                 found = detector.detect(images)
                 for i, image, detections in zip(batch, images, found, strict=True):
                     image.save(cell_dir / "images" / f"{i:05d}.png")
-                    hits = [d.as_record() for d in detections if d.concept == config.concept]
-                    record = {"index": i, "prompt": prompts[i], "seed": config.seed + i, "detections": hits}
+                    record = {
+                        "index": i,
+                        "prompt": prompts[i],
+                        "seed": config.seed + i,
+                        "detector": config.detector,
+                        "detections": _hits(config, detections),
+                    }
                     sink.write(json.dumps(record) + "\n")
                     records[i] = record
                 sink.flush()

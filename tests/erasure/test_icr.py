@@ -72,6 +72,35 @@ def test_icr_evaluation_resumes_without_regenerating(tmp_path, tiny_sd_dir, monk
     assert again.images_seen == 0  # finished cells are never generated again
 
 
+class NoneFound(FlakyDetector):
+    def detect(self, images):
+        super().detect(images)
+        return [[] for _ in images]
+
+
+def test_another_detector_rescores_stored_images_without_generating(tmp_path, tiny_sd_dir, monkeypatch):
+    monkeypatch.setattr("detectors.load", lambda spec: FlakyDetector())
+    assert evaluate(_config(tmp_path, tiny_sd_dir))["plain"]["icr"] == 0.5
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "plain" / "images").iterdir()}
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("stored images were generated again")
+
+    monkeypatch.setattr("erasure.generate.load_pipeline", no_generation)
+    other = NoneFound()
+    monkeypatch.setattr("detectors.load", lambda spec: other)
+    results = evaluate(_config(tmp_path, tiny_sd_dir, detector="other"))
+    assert other.images_seen == 8 and results["plain"]["icr"] == results["negative"]["icr"] == 0.0
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "plain" / "images").iterdir()} == stamps
+    records = [json.loads(line) for line in (tmp_path / "plain" / "detections.jsonl").read_text().splitlines()]
+    assert sorted(r["index"] for r in records) == [0, 1, 2, 3] and {r["detector"] for r in records} == {"other"}
+
+    again = NoneFound()
+    monkeypatch.setattr("detectors.load", lambda spec: again)
+    evaluate(_config(tmp_path, tiny_sd_dir, detector="other"))
+    assert again.images_seen == 0  # scored by this detector already
+
+
 def test_heldout_prompts_are_toy_captions_cycled_to_the_image_count(tmp_path, tiny_sd_dir):
     prompts = heldout_prompts(_config(tmp_path, tiny_sd_dir))
     assert len(prompts) == 4 and all(" background" in p for p in prompts)
