@@ -11,8 +11,10 @@ stopped; finished cells are never generated again. Each detection record names i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -107,6 +109,12 @@ class QualityJudge:
         return {"fidelity": scores["fidelity"], "fid": toy_fid(self.checker, images, self.reference)}
 
 
+def detector_identity(spec: str) -> str:
+    """The spec and a digest of each file it names: new weights at the same path are another detector."""
+    files = [Path(part) for part in re.split(r"[:?&=]", spec) if part and Path(part).is_file()]
+    return " ".join([spec, *(hashlib.sha256(f.read_bytes()).hexdigest()[:16] for f in files)])
+
+
 def _records_path(cell_dir: Path) -> Path:
     return cell_dir / "detections.jsonl"
 
@@ -138,7 +146,8 @@ def _redetect(config: IcrConfig, cell_dir: Path, records: dict[int, dict], detec
     image is gone are dropped, so those images are generated again."""
     from PIL import Image
 
-    stale = [i for i, r in records.items() if r.get("detector") != config.detector]
+    identity = detector_identity(config.detector)
+    stale = [i for i, r in records.items() if r.get("detector") != identity]
     if not stale:
         return
     for i in [i for i in stale if not (cell_dir / "images" / f"{i:05d}.png").is_file()]:
@@ -148,7 +157,7 @@ def _redetect(config: IcrConfig, cell_dir: Path, records: dict[int, dict], detec
         batch = stale[start : start + config.batch_size]
         images = [Image.open(cell_dir / "images" / f"{i:05d}.png").convert("RGB") for i in batch]
         for i, detections in zip(batch, detector.detect(images), strict=True):
-            records[i] |= {"detector": config.detector, "detections": _hits(config, detections)}
+            records[i] |= {"detector": identity, "detections": _hits(config, detections)}
     _write_records(cell_dir, records)
 
 
@@ -212,7 +221,7 @@ def evaluate_cell(
                         "index": i,
                         "prompt": prompts[i],
                         "seed": config.seed + i,
-                        "detector": config.detector,
+                        "detector": detector_identity(config.detector),
                         "detections": _hits(config, detections),
                     }
                     sink.write(json.dumps(record) + "\n")

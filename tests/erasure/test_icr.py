@@ -100,6 +100,14 @@ def test_another_detector_rescores_stored_images_without_generating(tmp_path, ti
     evaluate(_config(tmp_path, tiny_sd_dir, detector="other"))
     assert again.images_seen == 0  # scored by this detector already
 
+    weights = tmp_path / "weights.bin"
+    for content, seen in ((b"v1", 8), (b"v1", 0), (b"v2", 8)):  # new weights at the same path: detect again
+        weights.write_bytes(content)
+        counted = NoneFound()
+        monkeypatch.setattr("detectors.load", lambda spec, counted=counted: counted)
+        evaluate(_config(tmp_path, tiny_sd_dir, detector=f"yolo:{weights}?device=cpu"))
+        assert counted.images_seen == seen
+
 
 def test_heldout_prompts_are_toy_captions_cycled_to_the_image_count(tmp_path, tiny_sd_dir):
     prompts = heldout_prompts(_config(tmp_path, tiny_sd_dir))
