@@ -46,7 +46,6 @@ def test_batched_inference_equals_one_at_a_time(random_yolo_weights):
 
 
 @pytest.mark.skipif(not TOY_WEIGHTS.is_file(), reason="toy YOLO weights not committed")
-@pytest.mark.xfail(strict=True, reason="text AP50 is 0.92 on the README held-out set, 0.83-0.91 on 300-image sets")
 def test_committed_toy_weights_reach_ap50_on_held_out_toy_images(tmp_path, no_network, save_toy_icd):
     held_out = save_toy_icd(tmp_path / "icd", num_images=300, size=64, seed=777, concept_rates=TOY_RATES)
     report = evaluate_dataset(load(f"yolo:{TOY_WEIGHTS}?device=cpu"), held_out)
