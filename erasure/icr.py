@@ -248,10 +248,28 @@ def evaluate(config: IcrConfig) -> dict[str, dict]:
     quality = QualityJudge(config) if config.checker else None
     results = {cell.name: evaluate_cell(config, cell, detector, prompts, quality) for cell in config.cells}
     out = Path(config.out_dir)
-    payload = {"concept": config.concept, "detector": config.detector, "results": results}
+    identity = detector_identity(config.detector)
+    payload = {
+        "concept": config.concept,
+        "detector": config.detector,
+        "detector_identity": identity,
+        "results": _merged(out, config.concept, identity, results),
+    }
     (out / "icr.json").write_text(json.dumps(payload, indent=2))
-    (out / "icr.md").write_text(markdown_table(config.concept, results))
+    (out / "icr.md").write_text(markdown_table(config.concept, payload["results"]))
     return results
+
+
+def _merged(out: Path, concept: str, identity: str, results: dict[str, dict]) -> dict[str, dict]:
+    """These results after the cells an earlier evaluation of the same concept and detector (weights included)
+    left in ``out``, so an extra cell run into a table's folder adds a row instead of replacing the table."""
+    path = out / "icr.json"
+    if not path.is_file():
+        return results
+    earlier = json.loads(path.read_text())
+    if (earlier.get("concept"), earlier.get("detector_identity")) != (concept, identity):
+        return results
+    return {name: r for name, r in earlier.get("results", {}).items() if name not in results} | results
 
 
 def markdown_table(concept: str, results: dict[str, dict]) -> str:

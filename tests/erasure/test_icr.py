@@ -109,6 +109,17 @@ def test_another_detector_rescores_stored_images_without_generating(tmp_path, ti
         assert counted.images_seen == seen
 
 
+def test_an_extra_cell_adds_a_row_to_the_stored_table(tmp_path, tiny_sd_dir, monkeypatch):
+    monkeypatch.setattr("detectors.load", lambda spec: FlakyDetector())
+    evaluate(_config(tmp_path, tiny_sd_dir))
+    extra = json.dumps([{"name": "extra", "negative_prompt": "dark"}])
+    assert list(evaluate(_config(tmp_path, tiny_sd_dir, cells=extra))) == ["extra"]
+    assert list(json.loads((tmp_path / "icr.json").read_text())["results"]) == ["plain", "negative", "extra"]
+    assert "| plain |" in (tmp_path / "icr.md").read_text()
+    evaluate(_config(tmp_path, tiny_sd_dir, cells=extra, detector="another"))  # another table: starts afresh
+    assert list(json.loads((tmp_path / "icr.json").read_text())["results"]) == ["extra"]
+
+
 def test_heldout_prompts_are_toy_captions_cycled_to_the_image_count(tmp_path, tiny_sd_dir):
     prompts = heldout_prompts(_config(tmp_path, tiny_sd_dir))
     assert len(prompts) == 4 and all(" background" in p for p in prompts)
