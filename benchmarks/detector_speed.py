@@ -3,7 +3,8 @@ in batches against one image at a time.
 
     python benchmarks/detector_speed.py --out outputs/bench/detector_speed    # writes .json and .md
 
-Measured results are kept at the bottom of this file.
+YOLO reads every image at the size its weights were trained for (the safetensors header: 128 for the toy
+weights), as it does in use. Measured results: benchmarks/RESULTS.md, "Detector speed".
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ def main() -> None:
         world = ToyWorld(ToyWorldConfig(size=size, concept_rates={"watermark": 0.5, "qrcode": 0.3, "text": 0.3}))
         images = [world.sample(i).image for i in range(args.num_images)]
         runs = [(spec, spec, 1) for spec in ("qr", "ocr", "ocr:tesseract", "nudenet")]
-        runs += [("yolo (batch 32)", f"yolo:{args.yolo}?device=cpu&imgsz={size}", 32)]
-        runs += [("yolo (one at a time)", f"yolo:{args.yolo}?device=cpu&imgsz={size}", 1)]
+        runs += [("yolo (batch 32)", f"yolo:{args.yolo}?device=cpu", 32)]
+        runs += [("yolo (one at a time)", f"yolo:{args.yolo}?device=cpu", 1)]
         for name, spec, batch_size in runs:
             speed = images_per_second(load(spec), images, batch_size)
             rows.append({"backend": name, "size": size, "images_per_second": speed})
