@@ -111,11 +111,13 @@ def add_negatives(folders: list[Path], out: Path) -> int:
     return count
 
 
-def _init_checkpoint(weights: Path, out: Path) -> str:
+def _init_checkpoint(weights: Path, out: Path, classes: list[str]) -> str:
     """Ultralytics fine-tunes from a ``pretrained`` checkpoint path; write ours (safetensors) in its format."""
     import torch
 
     model, _ = load_yolo_model(weights)
+    if list(model.names.values()) != list(classes):
+        raise SystemExit(f"{weights}: classes {list(model.names.values())} differ from --classes {classes}")
     path = out / "init.pt"
     torch.save({"model": model.float()}, path)
     return str(path)
@@ -141,11 +143,9 @@ def run(args: argparse.Namespace) -> int:
             model = YOLO(last)  # our own checkpoint from the interrupted run
             model.train(resume=True)
         else:
+            # False: the yaml's random init; a path: fine-tune those weights (no warm-up from them)
+            init = False if args.init is None else _init_checkpoint(args.init, args.out, args.classes)
             model = YOLO(args.model, task="detect")
-            if args.init is not None:
-                model_names = list(load_yolo_model(args.init)[0].names.values())
-                if model_names != list(args.classes):
-                    raise SystemExit(f"{args.init}: classes {model_names} differ from --classes {args.classes}")
             model.train(
                 data=str(data_yaml),
                 epochs=args.epochs,
@@ -157,8 +157,7 @@ def run(args: argparse.Namespace) -> int:
                 project=str(args.out.resolve()),
                 name="train",
                 exist_ok=True,
-                # False: the yaml's random init; a path: fine-tune those weights (no warm-up from them)
-                pretrained=False if args.init is None else _init_checkpoint(args.init, args.out),
+                pretrained=init,
                 **({} if args.init is None else {"warmup_epochs": 0}),
                 amp=False,
                 plots=False,

@@ -141,12 +141,11 @@ def _hits(config: IcrConfig, detections: list) -> list[dict]:
     return [d.as_record() for d in detections if d.concept == config.concept]
 
 
-def _redetect(config: IcrConfig, cell_dir: Path, records: dict[int, dict], detector) -> None:
+def _redetect(config: IcrConfig, cell_dir: Path, records: dict[int, dict], detector, identity: str) -> None:
     """Detect again, with this evaluation's detector, the stored images another detector scored; records whose
     image is gone are dropped, so those images are generated again."""
     from PIL import Image
 
-    identity = detector_identity(config.detector)
     stale = [i for i, r in records.items() if r.get("detector") != identity]
     if not stale:
         return
@@ -181,7 +180,8 @@ def evaluate_cell(
     cell_dir = Path(config.out_dir) / cell.name
     (cell_dir / "images").mkdir(parents=True, exist_ok=True)
     records = _load_records(cell_dir)
-    _redetect(config, cell_dir, records, detector)
+    identity = detector_identity(config.detector)
+    _redetect(config, cell_dir, records, detector, identity)
     todo = [i for i in range(config.num_images) if i not in records]
     if todo:
         loaded = load_pipeline(
@@ -221,7 +221,7 @@ def evaluate_cell(
                         "index": i,
                         "prompt": prompts[i],
                         "seed": config.seed + i,
-                        "detector": detector_identity(config.detector),
+                        "detector": identity,
                         "detections": _hits(config, detections),
                     }
                     sink.write(json.dumps(record) + "\n")
