@@ -3,6 +3,8 @@
 examples:
   icd build --source synthetic --num-images 2000 --out outputs/icd
   icd build --source synthetic --concepts watermark=0.5 qrcode=0.2 --size 256 --out outputs/icd256
+  icd build --source synthetic --concepts watermark=0.5 --toy watermark_logo_rate=1 watermark_tiled_rate=0 \
+      "position_priors={watermark: {bottom_right: 1}}" --out outputs/icd-one-logo
   icd build --source folder:photos --detectors qr ocr --num-proc 4 --out outputs/photos-icd
   icd build --source hf:outputs/my-dataset --caption-column caption --detectors yolo:runs/wm.pt --out outputs/x
   accelerate launch -m datasets_icd.cli build --source folder:photos --detectors qr --out /shared/icd
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+
+import yaml
 
 from datasets_icd.build import BuildConfig, build
 from datasets_icd.geometry import DEFAULT_GRID
@@ -43,6 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue a killed build in --out")
     parser.add_argument("--size", type=int, default=64, help="synthetic image side in pixels")
     parser.add_argument("--seed", type=int, default=0, help="synthetic world seed")
+    parser.add_argument(
+        "--toy",
+        nargs="+",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="synthetic: other toy-world settings (datasets_icd.toyworld.ToyWorldConfig fields, YAML values), "
+        "e.g. watermark_logo_rate=1 'size_ranges={watermark: [0.14, 0.16]}'",
+    )
     parser.add_argument("--image-column", default="image", help="hf: the image column")
     parser.add_argument("--caption-column", help="hf/folder: the caption column (default text, then caption)")
     parser.add_argument("--split", default="train", help="hf: the split")
@@ -55,7 +67,11 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
     rates = ToyWorldConfig().concept_rates
     if concepts is not None and args.source == "synthetic":
         rates = {name: float(rate) if rate is not None else rates.get(name, 0.0) for name, rate in concepts}
-    toy = ToyWorldConfig(size=args.size, seed=args.seed, concept_rates=rates)
+    settings = dict(_pairs(args.toy, "--toy"))
+    if None in settings.values():
+        raise ValueError(f"--toy {args.toy}: every setting needs a value, FIELD=VALUE")
+    settings = {key: yaml.safe_load(value) for key, value in settings.items()}
+    toy = ToyWorldConfig(**{**settings, "size": args.size, "seed": args.seed, "concept_rates": rates})
     return BuildConfig(
         source=args.source,
         num_images=args.num_images,

@@ -235,6 +235,8 @@ def test_hf_dataset_source_with_chosen_columns(tmp_path, monkeypatch):
         (["--source", "hf:HUB", "--detectors", "fake", "--caption-column", "nope"], "no caption column 'nope'"),
         (["--source", "folder:HUB"], "no ground truth"),
         (["--concepts", "logo=0.5"], "unknown concept 'logo'"),
+        (["--toy", "watermark_colour=red"], "watermark_colour"),
+        (["--toy", "watermark_logo_rate"], "needs a value"),
     ],
 )
 def test_bad_options_are_clear_errors(tmp_path, capsys, monkeypatch, argv, message):
@@ -243,3 +245,15 @@ def test_bad_options_are_clear_errors(tmp_path, capsys, monkeypatch, argv, messa
     argv = [arg.replace("HUB", str(tmp_path / "hub")) for arg in argv]
     assert main(["build", "--out", str(tmp_path / "out"), *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_toy_world_settings_from_the_command_line(tmp_path):
+    argv = ["build", "--out", str(tmp_path / "out"), "--num-images", "40", "--size", "64", "--concepts", "watermark=1"]
+    argv += ["--toy", "watermark_logo_rate=1", "watermark_tiled_rate=0"]
+    argv += ["position_priors={watermark: {bottom_right: 1}}"]
+    assert main(argv) == 0
+    rows = load_from_disk(str(tmp_path / "out"))["concepts"]
+    boxes = [c["box"] for row in rows for c in row]
+    assert len(boxes) == 40 and all(x0 >= 32 and y0 >= 32 for x0, y0, _, _ in boxes)  # the bottom-right corner
+    toy = json.loads((tmp_path / "out" / "build.json").read_text())["config"]["toy"]
+    assert toy["watermark_logo_rate"] == 1 and toy["position_priors"] == {"watermark": {"bottom_right": 1}}
