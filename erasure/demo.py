@@ -151,6 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--record", type=Path, help="merge the results into this JSON (benchmarks/toy_icr.json)")
     parser.add_argument("--concept-rate", type=float, default=0.5, help="share of training images with the concept")
     parser.add_argument(
+        "--toy",
+        nargs="+",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="toy-world settings for the ICD, as `icd build --toy` takes them (e.g. watermark_logo_rate=1)",
+    )
+    parser.add_argument(
         "--guidance-scale",
         type=float,
         default=2.0,
@@ -198,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                 str(resolution),
                 "--out",
                 str(dataset),
+                *(["--toy", *args.toy] if args.toy else []),
             ]
         )
     print("[demo] 2/3 fine-tuning: naive, then Geom-Erasing")

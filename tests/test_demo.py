@@ -25,8 +25,11 @@ def test_demo_runs_the_whole_chain(tmp_path, tiny_sd_dir, tiny_latent_clip_dir):
         "2",
         "--detector",
         detector,
+        "--toy",
+        "watermark_logo_rate=1",
     ]
     assert main(argv) == 0
+    assert json.loads((tmp_path / "icd" / "build.json").read_text())["config"]["toy"]["watermark_logo_rate"] == 1
     summary = json.loads((tmp_path / "demo.json").read_text())
     assert set(summary["results"]) == {"base", "naive", "geom_erasing_plain", "geom_erasing"}
     for cell in summary["results"].values():
@@ -45,4 +48,4 @@ def test_demo_runs_the_whole_chain(tmp_path, tiny_sd_dir, tiny_latent_clip_dir):
     assert set(table["naive_sld_strong"]) == {"icr", "ci95", "fidelity", "fid", "n"}
     assert len(list((tmp_path / "runs").iterdir())) == 2
     with pytest.raises(SystemExit, match="other settings"):
-        main([*argv[:-2], "--detector", "qr"])
+        main([*argv[:-4], "--detector", "qr", *argv[-2:]])
