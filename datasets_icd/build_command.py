@@ -70,7 +70,10 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
     settings = dict(_pairs(args.toy, "--toy"))
     if None in settings.values():
         raise ValueError(f"--toy {args.toy}: every setting needs a value, FIELD=VALUE")
-    settings = {key: yaml.safe_load(value) for key, value in settings.items()}
+    try:
+        settings = {key: yaml.safe_load(value) for key, value in settings.items()}
+    except yaml.YAMLError as err:
+        raise ValueError(f"--toy {args.toy}: a value is not YAML: {err}") from None
     toy = ToyWorldConfig(**{**settings, "size": args.size, "seed": args.seed, "concept_rates": rates})
     return BuildConfig(
         source=args.source,

@@ -237,6 +237,7 @@ def test_hf_dataset_source_with_chosen_columns(tmp_path, monkeypatch):
         (["--concepts", "logo=0.5"], "unknown concept 'logo'"),
         (["--toy", "watermark_colour=red"], "watermark_colour"),
         (["--toy", "watermark_logo_rate"], "needs a value"),
+        (["--toy", "watermark_opacity=[0.6"], "not YAML"),
     ],
 )
 def test_bad_options_are_clear_errors(tmp_path, capsys, monkeypatch, argv, message):
