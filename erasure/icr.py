@@ -172,15 +172,22 @@ def _negative_prompts(cell: IcrCell, run_template: str | None, prompts: list[str
 
 
 def evaluate_cell(
-    config: IcrConfig, cell: IcrCell, detector, prompts: list[str], quality: QualityJudge | None = None
+    config: IcrConfig,
+    cell: IcrCell,
+    detector,
+    prompts: list[str],
+    quality: QualityJudge | None = None,
+    identity: str | None = None,
 ) -> dict:
-    """Generate the cell's missing images, detect the concept in them, and summarise the cell."""
+    """Generate the cell's missing images, detect the concept in them, and summarise the cell.
+
+    ``identity`` is :func:`detector_identity` of the config's detector, computed once by the caller of many cells."""
     from erasure.generate import load_pipeline
 
     cell_dir = Path(config.out_dir) / cell.name
     (cell_dir / "images").mkdir(parents=True, exist_ok=True)
     records = _load_records(cell_dir)
-    identity = detector_identity(config.detector)
+    identity = identity or detector_identity(config.detector)
     _redetect(config, cell_dir, records, detector, identity)
     todo = [i for i in range(config.num_images) if i not in records]
     if todo:
@@ -246,9 +253,9 @@ def evaluate(config: IcrConfig) -> dict[str, dict]:
     detector = detectors.load(config.detector)
     prompts = heldout_prompts(config)
     quality = QualityJudge(config) if config.checker else None
-    results = {cell.name: evaluate_cell(config, cell, detector, prompts, quality) for cell in config.cells}
-    out = Path(config.out_dir)
     identity = detector_identity(config.detector)
+    results = {c.name: evaluate_cell(config, c, detector, prompts, quality, identity) for c in config.cells}
+    out = Path(config.out_dir)
     payload = {
         "concept": config.concept,
         "detector": config.detector,
