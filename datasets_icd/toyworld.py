@@ -116,6 +116,14 @@ class ToyWorldConfig(BaseModel):
     watermark_logo_rate: float = Field(0.3, ge=0, le=1, description="share of watermarks that are a logo, not text")
     watermark_opacity: tuple[float, float] = Field((0.35, 0.7), description="(min, max) opacity of watermarks")
     fonts: list[str] = Field(default_factory=default_fonts, description="TrueType files for text and watermarks")
+    text_words: list[str] = Field(
+        default_factory=lambda: list(WORDS), min_length=1, description="words the text concept's 1-2 words come from"
+    )
+    qr_payloads: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="payloads QR codes pick from (one: every code alike); none: a random 6-12 characters each",
+    )
 
     @field_validator("concept_rates")
     @classmethod
@@ -320,7 +328,10 @@ class ToyWorld:
 
     def _paste_qrcode(self, rng, image: Image.Image, attributes: dict, taken: list[Box]) -> tuple[list[Box], str]:
         """A real QR code with a random payload; decodable once a module is about 2 px or more."""
-        payload = "".join(rng.choice(list(PAYLOAD_ALPHABET), size=int(rng.integers(6, 13))))
+        if self.config.qr_payloads:
+            payload = self.config.qr_payloads[rng.integers(len(self.config.qr_payloads))]
+        else:
+            payload = "".join(rng.choice(list(PAYLOAD_ALPHABET), size=int(rng.integers(6, 13))))
         matrix = np.array(segno.make_qr(payload, error="m").matrix, dtype=bool)
         padded = np.pad(matrix, QR_QUIET_ZONE, constant_values=False)
         target, n = round(self._size(rng, "qrcode")), padded.shape[0]
@@ -333,7 +344,8 @@ class ToyWorld:
         return [(x + quiet, y + quiet, x + side - quiet, y + side - quiet)], payload
 
     def _paste_text(self, rng, image: Image.Image, attributes: dict, taken: list[Box]) -> tuple[list[Box], str]:
-        words = [WORDS[i] for i in rng.integers(len(WORDS), size=int(rng.integers(1, 3)))]
+        vocabulary = self.config.text_words
+        words = [vocabulary[i] for i in rng.integers(len(vocabulary), size=int(rng.integers(1, 3)))]
         text = " ".join(words)
         text = text.upper() if rng.random() < 0.3 else text
         mask = self._text_mask(rng, text, self._size(rng, "text"), max_width=0.9)

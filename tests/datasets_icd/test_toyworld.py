@@ -98,6 +98,19 @@ def test_qr_codes_decode_at_256_px_with_sizes_for_detector_tests():
         assert text["box"][3] - text["box"][1] >= 16
 
 
+def test_text_words_and_qr_payloads_narrow_the_concepts_to_one_kind():
+    config = ToyWorldConfig(size=256, concept_rates={"qrcode": 1.0, "text": 1.0}, seed=2)
+    narrow = ToyWorld(config.model_copy(update={"text_words": ["sale"], "qr_payloads": ["TOY1"]}))
+    wide = ToyWorld(config)
+    samples = [narrow.sample(i) for i in range(8)]
+    assert {dict(zip([c["name"] for c in s.concepts], s.contents, strict=True))["qrcode"] for s in samples} == {"TOY1"}
+    assert {w.lower() for s in samples for w in s.contents[[c["name"] for c in s.concepts].index("text")].split()} == {
+        "sale"
+    }
+    assert all("TOY1" in [r.data.decode() for r in decode(s.image)] for s in samples)
+    assert len({w.contents[0] for w in (wide.sample(i) for i in range(8))}) > 1  # the default stays varied
+
+
 def test_default_font_fallback_without_truetype_files():
     world = ToyWorld(ToyWorldConfig(size=64, concept_rates={"text": 1.0}, fonts=[]))
     sample = world.sample(0)
@@ -114,6 +127,8 @@ def test_default_font_fallback_without_truetype_files():
         ({"position_priors": {"text": {"upstairs": 1.0}}}, "upstairs"),
         ({"size_ranges": {}}, "no position_priors or size_ranges"),
         ({"sizes": 64}, "sizes"),
+        ({"text_words": []}, "text_words"),
+        ({"qr_payloads": []}, "qr_payloads"),
     ],
 )
 def test_bad_config_is_a_clear_error(kwargs, message):
