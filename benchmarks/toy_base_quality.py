@@ -20,23 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
-from PIL import Image
 
+from detectors.vae_views import reconstruct
 from erasure.icr import IcrConfig, QualityJudge, heldout_prompts
 from erasure.toy_checker import fidelity
-
-
-@torch.no_grad()
-def reconstruct(pipe: StableDiffusionPipeline, images: list[Image.Image], batch_size: int = 64) -> list[Image.Image]:
-    """Encode and decode images with the pipeline's VAE (latent means)."""
-    out = []
-    for start in range(0, len(images), batch_size):
-        batch = np.stack([np.asarray(im, dtype=np.float32) for im in images[start : start + batch_size]])
-        x = torch.from_numpy(batch).permute(0, 3, 1, 2).to(pipe.device, pipe.vae.dtype) / 127.5 - 1
-        recon = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample
-        pixels = ((recon.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-        out.extend(Image.fromarray(p) for p in pixels)
-    return out
 
 
 def concept_ceiling(pipe: StableDiffusionPipeline, detector, num_images: int = 100) -> dict[str, dict[str, float]]:
@@ -49,7 +36,7 @@ def concept_ceiling(pipe: StableDiffusionPipeline, detector, num_images: int = 1
         originals = [world.sample(i).image for i in range(num_images)]
         hits = [
             np.mean([any(d.concept == concept for d in found) for found in detector.detect(images)])
-            for images in (originals, reconstruct(pipe, originals))
+            for images in (originals, reconstruct(pipe.vae, originals))
         ]
         rates[concept] = {"originals": float(hits[0]), "vae_reconstruction": float(hits[1])}
     return rates
@@ -66,7 +53,7 @@ def measure(model: str, args: argparse.Namespace) -> dict:
     # judge.reference holds the held-out world's scenes of exactly these prompts.
     result = {
         "model": model,
-        "vae_reconstruction": fidelity(judge.checker, reconstruct(pipe, judge.reference), prompts),
+        "vae_reconstruction": fidelity(judge.checker, reconstruct(pipe.vae, judge.reference), prompts),
     }
     for scale in args.guidance:
         started, images = time.perf_counter(), []

@@ -7,7 +7,9 @@ Writes OUT/yolo.safetensors (load with ``detectors.load("yolo:OUT/yolo.safetenso
 OUT/metrics.md (precision, recall, AP50 per class on the held-out rows), and ultralytics' run in OUT/train.
 ``--resume`` continues an interrupted run from its last epoch. ``--init`` fine-tunes weights written by this
 command instead of starting from random; ``--negatives`` adds folders of images known to hold none of the
-classes (a base model's samples, say), so the detector also learns what is *not* a concept.
+classes (a base model's samples, say), so the detector also learns what is *not* a concept; ``--vae-views``
+adds each training image as a generator's VAE gives it back (same labels), so the detector also finds the blurred
+concepts a model fine-tuned on them can draw.
 
 Offline by construction: YOLO_OFFLINE stops hub and telemetry calls, ``amp=False`` skips the AMP check (it
 downloads a model on GPUs), ``plots=False`` avoids the plot font download, and the model is built from its yaml.
@@ -55,6 +57,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="folders of images holding none of the classes, trained on with empty labels "
         "(e.g. a base model's samples: its rendering artefacts are not watermarks)",
+    )
+    parser.add_argument(
+        "--vae-views",
+        default=None,
+        metavar="MODEL",
+        help="also train on every training image encoded and decoded by this diffusers pipeline's VAE, with the "
+        "same labels: a model draws concepts no sharper than its VAE, and the detector must still find them",
     )
 
 
@@ -111,6 +120,25 @@ def add_negatives(folders: list[Path], out: Path) -> int:
     return count
 
 
+def add_vae_views(model: str, out: Path, batch_size: int = 64) -> int:
+    """Write a ``vae-`` twin of every exported training image (not of negatives) with the same label file.
+
+    Idempotent like the export, so a resumed run reuses them."""
+    from detectors.vae_views import load_vae, reconstruct
+
+    labels = out / "labels" / "train"
+    todo = sorted(p for p in labels.glob("*.txt") if not p.name.startswith(("neg", "vae-")))
+    todo = [p for p in todo if not (labels / f"vae-{p.name}").exists()]
+    vae = load_vae(model) if todo else None
+    for start in tqdm(range(0, len(todo), batch_size), desc="vae views"):
+        batch = todo[start : start + batch_size]
+        images = [Image.open(out / "images" / "train" / f"{p.stem}.png") for p in batch]
+        for label, view in zip(batch, reconstruct(vae, images), strict=True):
+            view.save(out / "images" / "train" / f"vae-{label.stem}.png")
+            (labels / f"vae-{label.name}").write_text(label.read_text())
+    return sum(1 for _ in labels.glob("vae-*.txt"))
+
+
 def _init_checkpoint(weights: Path, out: Path, classes: list[str]) -> str:
     """Ultralytics fine-tunes from a ``pretrained`` checkpoint path; write ours (safetensors) in its format."""
     import torch
@@ -137,6 +165,8 @@ def run(args: argparse.Namespace) -> int:
     data_yaml = export_yolo_layout(dataset, args.out / "data", args.classes, args.val_fraction)
     if args.negatives:
         print(f"{add_negatives(args.negatives, args.out / 'data')} negative images added to the training split")
+    if args.vae_views:
+        print(f"{add_vae_views(args.vae_views, args.out / 'data')} VAE views added to the training split")
     last = args.out / "train" / "weights" / "last.pt"
     with _no_font_probe():
         if args.resume and last.is_file():

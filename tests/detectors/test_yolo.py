@@ -100,6 +100,26 @@ def test_train_yolo_fine_tunes_init_weights_with_negative_images(tmp_path, no_ne
     assert no_network == []
 
 
+def test_vae_views_twin_each_training_image_with_its_labels(tmp_path, tiny_sd_dir, save_toy_icd):
+    from detectors.train_yolo import add_negatives, add_vae_views, export_yolo_layout
+
+    icd = save_toy_icd(tmp_path / "icd", num_images=6, size=32, seed=1, concept_rates=TOY_RATES)
+    out = tmp_path / "data"
+    export_yolo_layout(icd, out, ["watermark", "qrcode", "text"], val_fraction=0.2)
+    (tmp_path / "negs").mkdir()
+    Image.new("RGB", (32, 32), (10, 90, 200)).save(tmp_path / "negs" / "a.png")
+    add_negatives([tmp_path / "negs"], out)
+    assert add_vae_views(str(tiny_sd_dir), out) == 5  # train rows only: no val row, no negative
+    labels, images = out / "labels" / "train", out / "images" / "train"
+    for i in range(5):
+        assert (labels / f"vae-{i:07d}.txt").read_text() == (labels / f"{i:07d}.txt").read_text()
+        original, view = Image.open(images / f"{i:07d}.png"), Image.open(images / f"vae-{i:07d}.png")
+        assert view.size == original.size and view.tobytes() != original.tobytes()
+    first = (images / "vae-0000000.png").stat().st_mtime_ns
+    assert add_vae_views("no/such/model", out) == 5  # resumed: nothing left to do, so no VAE is even loaded
+    assert (images / "vae-0000000.png").stat().st_mtime_ns == first
+
+
 def test_train_yolo_refuses_init_weights_of_other_classes(tmp_path, random_yolo_weights, save_toy_icd):
     save_toy_icd(tmp_path / "icd", num_images=4, size=64, seed=1, concept_rates=TOY_RATES)
     argv = ["train-yolo", "--dataset", str(tmp_path / "icd"), "--out", str(tmp_path / "yolo")]
