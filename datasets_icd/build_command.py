@@ -22,7 +22,7 @@ import yaml
 
 from datasets_icd.build import BuildConfig, build
 from datasets_icd.geometry import DEFAULT_GRID
-from datasets_icd.toyworld import ToyWorldConfig
+from datasets_icd.toyworld import ToyWorldConfig, one_kind_settings
 
 
 def _pairs(values: list[str], option: str) -> list[tuple[str, str | None]]:
@@ -55,6 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="synthetic: other toy-world settings (datasets_icd.toyworld.ToyWorldConfig fields, YAML values), "
         "e.g. watermark_logo_rate=1 'size_ranges={watermark: [0.14, 0.16]}'",
     )
+    parser.add_argument(
+        "--one-kind",
+        action="store_true",
+        help="synthetic: each concept of one kind: one logo in the bottom-right corner, the word 'sale' at the top, "
+        "one QR code (datasets_icd.toyworld.ONE_KIND); --toy settings apply on top",
+    )
     parser.add_argument("--image-column", default="image", help="hf: the image column")
     parser.add_argument("--caption-column", help="hf/folder: the caption column (default text, then caption)")
     parser.add_argument("--split", default="train", help="hf: the split")
@@ -74,6 +80,8 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
         settings = {key: yaml.safe_load(value) for key, value in settings.items()}
     except yaml.YAMLError as err:
         raise ValueError(f"--toy {args.toy}: a value is not YAML: {err}") from None
+    if args.one_kind:
+        settings = one_kind_settings([name for name, rate in rates.items() if rate > 0]) | settings
     toy = ToyWorldConfig(**{**settings, "size": args.size, "seed": args.seed, "concept_rates": rates})
     return BuildConfig(
         source=args.source,

@@ -258,3 +258,18 @@ def test_toy_world_settings_from_the_command_line(tmp_path):
     assert len(boxes) == 40 and all(x0 >= 32 and y0 >= 32 for x0, y0, _, _ in boxes)  # the bottom-right corner
     toy = json.loads((tmp_path / "out" / "build.json").read_text())["config"]["toy"]
     assert toy["watermark_logo_rate"] == 1 and toy["position_priors"] == {"watermark": {"bottom_right": 1}}
+
+
+def test_one_kind_narrows_only_the_built_concepts_and_toy_settings_win(tmp_path):
+    argv = ["build", "--out", str(tmp_path / "out"), "--num-images", "30", "--size", "64", "--one-kind"]
+    assert main([*argv, "--concepts", "text=1", "qrcode=1", "--toy", "text_words=[open]"]) == 0
+    dataset = load_from_disk(str(tmp_path / "out"))
+    boxes = {c["name"]: [] for c in dataset[0]["concepts"]}
+    for row in dataset["concepts"]:
+        for c in row:
+            boxes[c["name"]].append(c["box"])
+    assert all(y1 <= 32 for _, _, _, y1 in boxes["text"])  # one banner at the top
+    assert all(x0 >= 32 and y0 >= 32 for x0, y0, _, _ in boxes["qrcode"])  # one code in the bottom-right corner
+    toy = json.loads((tmp_path / "out" / "build.json").read_text())["config"]["toy"]
+    assert toy["text_words"] == ["open"] and toy["qr_payloads"] == ["TOY"]  # --toy overrides the one-kind word
+    assert toy["watermark_logo_rate"] == ToyWorldConfig().watermark_logo_rate  # watermark not built: not narrowed
