@@ -3,8 +3,9 @@
 import json
 
 import pytest
+import yaml
 
-from erasure.demo import METHODS, TOY_DETECTOR, main
+from erasure.demo import FULL_UNET_LR, METHODS, TOY_DETECTOR, main
 
 
 @pytest.mark.slow
@@ -29,7 +30,12 @@ def test_demo_runs_the_whole_chain(tmp_path, tiny_sd_dir, tiny_latent_clip_dir):
         "watermark_logo_rate=1",
     ]
     assert main(argv) == 0
-    assert json.loads((tmp_path / "icd" / "build.json").read_text())["config"]["toy"]["watermark_logo_rate"] == 1
+    toy = json.loads((tmp_path / "icd" / "build.json").read_text())["config"]["toy"]
+    assert toy["watermark_logo_rate"] == 1 and toy["position_priors"]["watermark"] == {"bottom_right": 1.0}  # one kind
+    naive_run = tmp_path / "runs" / "toy_naive_watermark"
+    recipe = yaml.safe_load((naive_run / "recipe.yaml").read_text())
+    assert recipe["lora"]["full_unet"] and recipe["train"]["learning_rate"] == FULL_UNET_LR
+    assert (naive_run / "unet" / "diffusion_pytorch_model.safetensors").is_file()  # the whole UNet, not a LoRA
     summary = json.loads((tmp_path / "demo.json").read_text())
     assert set(summary["results"]) == {"base", "naive", "geom_erasing_plain", "geom_erasing"}
     for cell in summary["results"].values():
