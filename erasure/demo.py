@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concept", default="watermark", choices=["watermark", "qrcode", "text"])
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "demo", help="everything goes here")
-    parser.add_argument("--num-images", type=int, default=1000, help="training images in the toy ICD")
+    parser.add_argument("--num-images", type=int, default=2000, help="training images in the toy ICD")
     parser.add_argument(
         "--world",
         choices=["one-kind", "varied"],
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         "--one-kind), which a fine-tune of minutes learns; varied: the toy world's mix of kinds and places, of which "
         "it learns only a faint average",
     )
-    parser.add_argument("--train-steps", type=int, default=700, help="optimizer steps per fine-tune")
+    parser.add_argument("--train-steps", type=int, default=750, help="optimizer steps per fine-tune")
     parser.add_argument(
         "--full-unet",
         action=argparse.BooleanOptionalAction,
