@@ -357,7 +357,7 @@ class ToyWorld:
     # -- the concepts ----------------------------------------------------------------------------------------
 
     def _paste_qrcode(self, rng, image: Image.Image, attributes: dict, taken: list[Box]) -> tuple[list[Box], str]:
-        """A real QR code with a random payload; decodable once a module is about 2 px or more."""
+        """A real QR code (a random payload unless qr_payloads names them); decodable from about 2 px a module."""
         if self.config.qr_payloads:
             payload = self.config.qr_payloads[rng.integers(len(self.config.qr_payloads))]
         else:

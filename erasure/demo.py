@@ -48,7 +48,7 @@ METHODS: dict[str, dict] = {
     "naive_latent_clip": {"run": "naive", "latent_clip": None},  # the Latent-CLIP comes from --latent-clip
 }
 DEMO_METHODS = ["base", "naive", "geom_erasing_plain", "geom_erasing"]
-# Full-UNet fine-tunes of the toy base model: at 1e-3 the naive run learned the logo as fast but lost a third of its
+# Full-UNet fine-tunes of the toy base model: at 1e-3 the naive run learned the logo faster but lost a third of its
 # prompt fidelity (benchmarks/RESULTS.md, one-kind worlds).
 FULL_UNET_LR = 3e-4
 
