@@ -98,7 +98,11 @@ ONE_KIND: dict[str, dict] = {
     "text": {
         "anchor": "top",
         "size": (0.13, 0.15),
-        "settings": {"text_words": ["sale"], "fonts": [str(DEJAVU_DIR / "DejaVuSans-Bold.ttf")]},
+        # one font; without fonts-dejavu, Pillow's own (as default_fonts falls back)
+        "settings": {
+            "text_words": ["sale"],
+            "fonts": [str(p) for p in [DEJAVU_DIR / "DejaVuSans-Bold.ttf"] if p.is_file()],
+        },
     },
     "qrcode": {"anchor": "bottom_right", "size": (0.34, 0.36), "settings": {"qr_payloads": ["TOY"]}},
 }
