@@ -55,6 +55,13 @@ class TrainSection(StrictModel):
     gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
     learning_rate: float = Field(1e-4, gt=0, description="UNet (LoRA) learning rate")
     token_learning_rate: float = Field(5e-3, gt=0, description="learning rate of the location-token embeddings")
+    caption_dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="share of training captions replaced by the empty caption (diffusers' proportion_empty_prompts), "
+        "so the unconditional branch of classifier-free guidance learns the data too",
+    )
     lr_scheduler: str = Field("constant", description="any diffusers.optimization scheduler name")
     lr_warmup_steps: int = Field(0, ge=0, description="scheduler warm-up steps")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")

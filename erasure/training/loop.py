@@ -27,6 +27,8 @@ from erasure.training.data import (
     TrainingExamples,
     cache_latents,
     collate,
+    drop_captions,
+    dropped_captions,
     load_icd,
     location_tokens,
     region_mask,
@@ -163,7 +165,12 @@ def train(recipe: Recipe) -> TrainResult:
         region_mask([c for c in concepts if c["name"] in recipe.data.concepts], width, height, latent_size)
         for concepts, width, height in zip(dataset["concepts"], dataset["width"], dataset["height"], strict=True)
     ]
-    examples = TrainingExamples(latents, tokenize(parts.tokenizers, training_captions(dataset, recipe)), masks)
+    examples = TrainingExamples(
+        latents,
+        tokenize(parts.tokenizers, training_captions(dataset, recipe)),
+        tokenize(parts.tokenizers, dropped_captions(dataset, recipe)),
+        masks,
+    )
     loader = torch.utils.data.DataLoader(
         examples,
         batch_size=recipe.train.batch_size,
@@ -243,8 +250,11 @@ def train(recipe: Recipe) -> TrainResult:
                     generator=generator,
                 )
                 noisy = scheduler.add_noise(latents, noise, timesteps)
+                input_ids = batch["input_ids"]
+                if recipe.train.caption_dropout > 0:  # no draw at 0, so runs without it keep their noise sequence
+                    input_ids = drop_captions(input_ids, batch["dropped_ids"], recipe.train.caption_dropout, generator)
                 with torch.set_grad_enabled(bool(tokens)):
-                    hidden, added = encode_prompts(encoders, batch["input_ids"], recipe.data.resolution)
+                    hidden, added = encode_prompts(encoders, input_ids, recipe.data.resolution)
                 if scheduler.config.prediction_type == "epsilon":
                     target = noise
                 elif scheduler.config.prediction_type == "v_prediction":

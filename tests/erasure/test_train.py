@@ -90,11 +90,13 @@ def test_validation_grid_and_disk_cache(tmp_path, tiny_sd_dir, icd_dir, train_ti
 
 @pytest.mark.slow
 def test_stopped_and_resumed_run_matches_the_uninterrupted_one(tmp_path, tiny_sd_dir, icd_dir, train_tiny):
-    whole = train_tiny(tmp_path / "whole", tiny_sd_dir, icd_dir, "train.max_steps=4", "train.batch_size=4")
-    first = train_tiny(tmp_path / "split", tiny_sd_dir, icd_dir, "train.batch_size=4", "train.stop_at_step=3")
+    # with caption dropout, whose draws must continue where they stopped too
+    common = ["train.batch_size=4", "train.caption_dropout=0.5"]
+    whole = train_tiny(tmp_path / "whole", tiny_sd_dir, icd_dir, "train.max_steps=4", *common)
+    first = train_tiny(tmp_path / "split", tiny_sd_dir, icd_dir, "train.stop_at_step=3", *common)
     assert (first.global_step, first.finished) == (3, False)
     assert not (first.run_dir / LORA_FILE).exists()
-    resumed = train_tiny(tmp_path / "split", tiny_sd_dir, icd_dir, "train.batch_size=4", "checkpoint.resume=latest")
+    resumed = train_tiny(tmp_path / "split", tiny_sd_dir, icd_dir, "checkpoint.resume=latest", *common)
     assert (resumed.global_step, resumed.finished) == (4, True)
     expected, got = load_file(whole.run_dir / LORA_FILE), load_file(resumed.run_dir / LORA_FILE)
     assert expected.keys() == got.keys()
@@ -104,6 +106,34 @@ def test_stopped_and_resumed_run_matches_the_uninterrupted_one(tmp_path, tiny_sd
     resumed_embeds = load_file(resumed.run_dir / "learned_embeds.safetensors")
     for key in embeds:
         torch.testing.assert_close(resumed_embeds[key], embeds[key], rtol=1e-4, atol=1e-5)
+
+
+def test_dropped_captions_keep_the_concept_phrase_of_geom_captions(tmp_path, tiny_sd_dir, icd_dir, tiny_recipe):
+    from erasure.recipe import load_recipe
+    from erasure.training.data import dropped_captions, load_icd, training_captions
+
+    recipe_file = tiny_recipe(tmp_path / "recipe.yaml", tiny_sd_dir, icd_dir)
+    geom = load_recipe(recipe_file, ["train.mode=geom_erasing"])
+    dataset = load_icd(geom)
+    captioned, dropped = training_captions(dataset, geom), dropped_captions(dataset, geom)
+    # "a red circle, watermark <loc_2_2> <loc_2_3>" -> "watermark <loc_2_2> <loc_2_3>"
+    assert dropped[0].startswith("watermark <loc_")
+    assert all(c == f"{raw}, {d}" for c, raw, d in zip(captioned, dataset["caption"], dropped, strict=True))
+    assert dropped_captions(dataset, load_recipe(recipe_file, ["train.mode=naive"])) == [""] * len(dataset)
+
+
+def test_caption_dropout_replaces_whole_captions_in_every_tokenizer():
+    from erasure.training.data import drop_captions
+
+    ids = [torch.arange(64).reshape(16, 4), torch.arange(64).reshape(16, 4) + 100]
+    empty = [torch.full((16, 4), -1), torch.full((16, 4), -2)]
+    out = drop_captions(ids, empty, 0.5, torch.Generator().manual_seed(0))
+    dropped = (out[0] == -1).all(dim=1)
+    assert torch.equal(dropped, (out[1] == -2).all(dim=1))  # the same captions in both tokenizers
+    assert 0 < dropped.sum() < 16
+    assert torch.equal(out[0][~dropped], ids[0][~dropped]) and torch.equal(out[1][~dropped], ids[1][~dropped])
+    kept = drop_captions(ids, empty, 0.0, torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip(kept, ids, strict=True))
 
 
 @pytest.mark.slow
