@@ -34,8 +34,9 @@ REPO = Path(__file__).resolve().parents[1]
 TOY_BASE = REPO / "assets" / "toy-sd"
 TOY_DETECTOR = REPO / "assets" / "detectors" / "toy_yolo.safetensors"
 TOY_CHECKER = REPO / "assets" / "toy-checker"
-# The methods of the toy-world table: which run they sample from (None: the base model) and how; a negative
-# prompt "run" is the run's learned template.
+# The methods of the toy-world table: which run they sample from (None: the base model) and how; "run" is the
+# run's learned negative prompt template, applied as concept negation (a push away from what it adds to the prompt,
+# beside the guidance towards the prompt) or, in the ablation row, as diffusers' negative_prompt.
 METHODS: dict[str, dict] = {
     "base": {"run": None},  # the base model: how often the detector flags images of a UNet that never saw the concept
     "naive": {"run": "naive"},
@@ -43,8 +44,10 @@ METHODS: dict[str, dict] = {
     "naive_sld_medium": {"run": "naive", "sld": "medium"},
     "naive_sld_strong": {"run": "naive", "sld": "strong"},
     "geom_erasing_plain": {"run": "geom_erasing"},
-    "geom_erasing": {"run": "geom_erasing", "negative_prompt": "run"},
-    "geom_erasing_sld": {"run": "geom_erasing", "negative_prompt": "run", "sld": "medium"},
+    "geom_erasing": {"run": "geom_erasing", "concept_negative_prompt": "run"},
+    "geom_erasing_sld": {"run": "geom_erasing", "concept_negative_prompt": "run", "sld": "medium"},
+    # the template as the unconditional branch: it holds the prompt, so it also cancels the push towards the prompt
+    "geom_erasing_as_negative_prompt": {"run": "geom_erasing", "negative_prompt": "run"},
     "naive_latent_clip": {"run": "naive", "latent_clip": None},  # the Latent-CLIP comes from --latent-clip
 }
 DEMO_METHODS = ["base", "naive", "geom_erasing_plain", "geom_erasing"]
@@ -95,6 +98,7 @@ def _train(args: argparse.Namespace, mode: str, base: str, dataset: Path, resolu
             if args.full_unet or args.learning_rate
             else []
         ),
+        f"train.caption_dropout={args.caption_dropout}",
         "validation.prompts=[]",
         "report_to=null",
     ]
@@ -172,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
         "--learning-rate",
         type=float,
         help=f"of the fine-tunes (default {FULL_UNET_LR:g} for the full UNet, the recipes' 2e-3 for their LoRA)",
+    )
+    parser.add_argument(
+        "--caption-dropout",
+        type=float,
+        default=0.0,
+        help="share of training captions replaced by the empty one, so the unconditional branch learns the data too",
     )
     parser.add_argument("--eval-images", type=int, default=64, help="images per ICR cell")
     parser.add_argument("--steps", type=int, default=20, help="sampler steps per image")

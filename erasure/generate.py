@@ -4,6 +4,9 @@ examples:
   erasure generate "a photo of a cat" --model stable-diffusion-v1-5/stable-diffusion-v1-5 --sld medium
   erasure generate --prompts-file prompts.txt --model DIR --lora outputs/RUN --use-run-negative-prompt --seeds 0 1 2
 
+A run's negative prompt (``{prompt}, watermark <loc_3_2> <loc_3_3>``) holds the prompt, so by default it is applied
+as concept negation: a push away from what it adds to the prompt, beside the usual guidance towards the prompt.
+
 Writes OUT/NNNNN_seedS.png (prompt number, seed) and OUT/generate.json with every parameter and image. Running
 the same command again skips the images already there; a different command needs a different --out.
 """
@@ -143,7 +146,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--use-run-negative-prompt",
         action="store_true",
-        help="use RUN_DIR/negative_prompt.txt, filled with each prompt, as the negative prompt",
+        help="use RUN_DIR/negative_prompt.txt, filled with each prompt, against the concept (see --run-negative-as)",
+    )
+    parser.add_argument(
+        "--run-negative-as",
+        choices=["concept-negation", "negative-prompt"],
+        default="concept-negation",
+        help="concept-negation (default): push away from what the filled template adds to the prompt, beside the "
+        "guidance towards the prompt; negative-prompt: diffusers' negative_prompt, which with the prompt inside it "
+        "also cancels the guidance towards the prompt (washed-out images)",
+    )
+    parser.add_argument(
+        "--concept-negative-scale", type=float, help="weight of the concept negation (default: --guidance minus 1)"
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one image per prompt and seed")
     parser.add_argument("--steps", type=int, default=50, help="denoising steps")
@@ -183,6 +197,14 @@ def _check_negative_prompt_options(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"--use-run-negative-prompt: {args.lora / NEGATIVE_PROMPT_FILE} is missing")
 
 
+def _negatives(args: argparse.Namespace, loaded: LoadedPipeline, prompt: str) -> tuple[str | None, str | None]:
+    """(negative_prompt, concept_negative_prompt) of one prompt."""
+    if not args.use_run_negative_prompt:
+        return args.negative_prompt, None
+    filled = loaded.negative_prompt(prompt)
+    return (None, filled) if args.run_negative_as == "concept-negation" else (filled, None)
+
+
 def _parameters(args: argparse.Namespace, device: str) -> dict:
     import diffusers
     import torch
@@ -196,6 +218,8 @@ def _parameters(args: argparse.Namespace, device: str) -> dict:
         "negative_prompt": args.negative_prompt,
         "lora": str(args.lora) if args.lora else None,
         "use_run_negative_prompt": args.use_run_negative_prompt,
+        "run_negative_as": args.run_negative_as if args.use_run_negative_prompt else None,
+        "concept_negative_scale": args.concept_negative_scale,
         "seeds": args.seeds,
         "steps": args.steps,
         "guidance": args.guidance,
@@ -217,6 +241,12 @@ def run(args: argparse.Namespace) -> int:
 
     prompts = _read_prompts(args)
     _check_negative_prompt_options(args)
+    if args.concept_negative_scale is not None and not (
+        args.use_run_negative_prompt and args.run_negative_as == "concept-negation"
+    ):
+        raise ValueError(
+            "--concept-negative-scale needs --use-run-negative-prompt with --run-negative-as concept-negation"
+        )
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     parameters = _parameters(args, device)
     record_path = args.out / RECORD_FILE
@@ -243,10 +273,16 @@ def run(args: argparse.Namespace) -> int:
 
     images = []
     for number, prompt in enumerate(tqdm(prompts, desc="prompts")):
-        negative = loaded.negative_prompt(prompt) if args.use_run_negative_prompt else args.negative_prompt
+        negative, concept_negative = _negatives(args, loaded, prompt)
         files = {seed: args.out / f"{number:05d}_seed{seed}.png" for seed in args.seeds}
         images += [
-            {"file": path.name, "prompt": prompt, "negative_prompt": negative, "seed": seed}
+            {
+                "file": path.name,
+                "prompt": prompt,
+                "negative_prompt": negative,
+                "concept_negative_prompt": concept_negative,
+                "seed": seed,
+            }
             for seed, path in files.items()
         ]
         missing = [seed for seed, path in files.items() if not path.is_file()]
@@ -255,6 +291,8 @@ def run(args: argparse.Namespace) -> int:
         result = pipe(
             prompt,
             negative_prompt=negative,
+            concept_negative_prompt=concept_negative,
+            concept_negative_scale=args.concept_negative_scale if concept_negative else None,
             num_images_per_prompt=len(missing),
             generator=[torch.Generator("cpu").manual_seed(seed) for seed in missing],
             num_inference_steps=args.steps,

@@ -33,6 +33,14 @@ class IcrCell(StrictModel):
     negative_prompt: str | None = Field(
         None, description="negative prompt; '{prompt}' is replaced by each prompt; 'run' takes the run's template"
     )
+    concept_negative_prompt: str | None = Field(
+        None,
+        description="the prompt with the concept added, pushed away from beside the guidance towards the prompt "
+        "(SLDPipeline's concept negation); '{prompt}' and 'run' as for negative_prompt",
+    )
+    concept_negative_scale: float | None = Field(
+        None, ge=0, description="weight of the concept negation; defaults to guidance_scale - 1"
+    )
     sld: str | None = Field(None, description="SLD preset: weak, medium, strong, max")
     safety_concept: str | None = Field(
         None, description="concept SLD and Latent-CLIP guidance steer away from; defaults to the evaluated concept"
@@ -160,15 +168,28 @@ def _redetect(config: IcrConfig, cell_dir: Path, records: dict[int, dict], detec
     _write_records(cell_dir, records)
 
 
-def _negative_prompts(cell: IcrCell, run_template: str | None, prompts: list[str]) -> list[str] | None:
-    template = cell.negative_prompt
+def _filled(cell: IcrCell, field: str, run_template: str | None, prompts: list[str]) -> list[str] | None:
+    """The cell's ``negative_prompt`` or ``concept_negative_prompt`` for each prompt ('run': the run's template)."""
+    template = getattr(cell, field)
     if template == "run":
         if run_template is None:
-            raise ValueError(f"cell '{cell.name}': negative_prompt 'run' needs a lora_run with negative_prompt.txt")
+            raise ValueError(f"cell '{cell.name}': {field} 'run' needs a lora_run with negative_prompt.txt")
         template = run_template
     if template is None:
         return None
     return [template.replace("{prompt}", p) for p in prompts]
+
+
+def _check_cell_settings(cell_dir: Path, cell: IcrCell) -> None:
+    """Stored images belong to the cell that made them: a cell of the same name with other settings is refused."""
+    path = cell_dir / "cell.json"
+    settings = cell.model_dump()
+    if path.is_file() and json.loads(path.read_text()) != settings:
+        raise ValueError(
+            f"{cell_dir} holds images of cell '{cell.name}' with other settings ({path}): "
+            "give this cell another name or out_dir, or delete the folder"
+        )
+    path.write_text(json.dumps(settings, indent=2))
 
 
 def evaluate_cell(
@@ -186,6 +207,7 @@ def evaluate_cell(
 
     cell_dir = Path(config.out_dir) / cell.name
     (cell_dir / "images").mkdir(parents=True, exist_ok=True)
+    _check_cell_settings(cell_dir, cell)
     records = _load_records(cell_dir)
     identity = identity or detector_identity(config.detector)
     _redetect(config, cell_dir, records, detector, identity)
@@ -204,7 +226,9 @@ def evaluate_cell(
         pipe, run_template = loaded.pipeline, loaded.negative_prompt_template
         pipe.set_progress_bar_config(disable=True)
         size = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
-        sld = {"sld": cell.sld, "safety_concept": cell.safety_concept or config.concept} if cell.sld else {}
+        extra = {"sld": cell.sld, "safety_concept": cell.safety_concept or config.concept} if cell.sld else {}
+        if cell.concept_negative_scale is not None:
+            extra["concept_negative_scale"] = cell.concept_negative_scale
         with _records_path(cell_dir).open("a", encoding="utf-8") as sink:
             for start in tqdm(range(0, len(todo), config.batch_size), desc=f"icr {cell.name}", unit="batch"):
                 batch = todo[start : start + config.batch_size]
@@ -212,14 +236,15 @@ def evaluate_cell(
                 generators = [torch.Generator().manual_seed(config.seed + i) for i in batch]
                 images = pipe(
                     batch_prompts,
-                    negative_prompt=_negative_prompts(cell, run_template, batch_prompts),
+                    negative_prompt=_filled(cell, "negative_prompt", run_template, batch_prompts),
+                    concept_negative_prompt=_filled(cell, "concept_negative_prompt", run_template, batch_prompts),
                     num_inference_steps=config.num_inference_steps,
                     guidance_scale=config.guidance_scale,
                     height=size,
                     width=size,
                     generator=generators,
                     callback_on_step_end=loaded.callback,
-                    **sld,
+                    **extra,
                 ).images
                 found = detector.detect(images)
                 for i, image, detections in zip(batch, images, found, strict=True):

@@ -1,7 +1,8 @@
 """Fixed-seed validation samples during training: each prompt plain and with the learned negative prompt.
 
 The grid has one row per prompt and two columns (plain | with negative), so the effect of the negative prompt
-is visible at a glance; it is written to ``RUN_DIR/validation/step-N.png`` and to the TensorBoard tracker.
+is visible at a glance; it is written to ``RUN_DIR/validation/step-N.png`` and to the TensorBoard tracker. The
+negative prompt is applied as the generation commands apply it: as concept negation (``erasure.pipelines``).
 """
 
 from __future__ import annotations
@@ -11,20 +12,21 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import DDIMScheduler
 from diffusers.utils import make_image_grid
 from PIL import Image
 
 from datasets_icd.geometry import fill_negative_prompt
+from erasure.pipelines import SLDPipeline, SLDXLPipeline
 from erasure.recipe import ValidationSection
 from erasure.training.models import Components
 
 
-def sampling_pipeline(parts: Components, unet) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
+def sampling_pipeline(parts: Components, unet) -> SLDPipeline | SLDXLPipeline:
     """A pipeline over the very modules being trained (no copy), with a DDIM sampler of the same schedule."""
     scheduler = DDIMScheduler.from_config(parts.scheduler.config)
     if parts.sdxl:
-        return StableDiffusionXLPipeline(
+        return SLDXLPipeline(
             vae=parts.vae,
             text_encoder=parts.text_encoders[0],
             text_encoder_2=parts.text_encoders[1],
@@ -33,7 +35,7 @@ def sampling_pipeline(parts: Components, unet) -> StableDiffusionPipeline | Stab
             unet=unet,
             scheduler=scheduler,
         )
-    return StableDiffusionPipeline(
+    return SLDPipeline(
         vae=parts.vae,
         text_encoder=parts.text_encoders[0],
         tokenizer=parts.tokenizers[0],
@@ -56,7 +58,7 @@ def validation_grid(
             with autocast():
                 result = pipe(
                     prompt,
-                    negative_prompt=negative,
+                    concept_negative_prompt=negative,
                     num_inference_steps=settings.num_inference_steps,
                     height=resolution,
                     width=resolution,

@@ -96,9 +96,16 @@ def test_generate_uses_the_run_negative_prompt(tmp_path, run_dir, tiny_sd_dir):
     out = tmp_path / "out"
     assert _generate(out, tiny_sd_dir, "a cat", "--lora", str(run_dir), "--use-run-negative-prompt") == 0
     record = json.loads((out / "generate.json").read_text())
-    assert record["images"] == [
-        {"file": "00000_seed0.png", "prompt": "a cat", "negative_prompt": f"a cat, watermark {TOKEN}", "seed": 0}
-    ]
+    filled = f"a cat, watermark {TOKEN}"
+    image = {"file": "00000_seed0.png", "prompt": "a cat", "seed": 0}
+    assert record["images"] == [image | {"negative_prompt": None, "concept_negative_prompt": filled}]
+    as_negative = tmp_path / "as-negative"
+    argv = ["a cat", "--lora", str(run_dir), "--use-run-negative-prompt", "--run-negative-as", "negative-prompt"]
+    assert _generate(as_negative, tiny_sd_dir, *argv) == 0
+    record = json.loads((as_negative / "generate.json").read_text())
+    assert record["images"] == [image | {"negative_prompt": filled, "concept_negative_prompt": None}]
+    # the two ways of applying the template make different images
+    assert (out / image["file"]).read_bytes() != (as_negative / image["file"]).read_bytes()
 
 
 def test_load_pipeline_detects_sdxl(tiny_sdxl_dir):
@@ -113,6 +120,7 @@ def test_load_pipeline_detects_sdxl(tiny_sdxl_dir):
         (["--prompts-file", "missing.txt"], FileNotFoundError, "missing.txt"),
         (["--lora", ".", "a cat"], FileNotFoundError, "training run"),
         (["--latent-guidance", "watermark", "a cat"], ValueError, "go together"),
+        (["--concept-negative-scale", "2", "a cat"], ValueError, "needs --use-run-negative-prompt"),
     ],
 )
 def test_generate_bad_input(tmp_path, tiny_sd_dir, extra, error, message):

@@ -126,11 +126,22 @@ def test_heldout_prompts_are_toy_captions_cycled_to_the_image_count(tmp_path, ti
     assert heldout_prompts(_config(tmp_path, tiny_sd_dir, prompts="[a, b, c]")) == ["a", "b", "c", "a"]
 
 
-def test_run_negative_prompt_needs_a_run(tmp_path, tiny_sd_dir, monkeypatch):
-    config = _config(tmp_path, tiny_sd_dir, cells='[{"name": "x", "negative_prompt": "run"}]')
+@pytest.mark.parametrize("field", ["negative_prompt", "concept_negative_prompt"])
+def test_run_negative_prompt_needs_a_run(tmp_path, tiny_sd_dir, monkeypatch, field):
+    config = _config(tmp_path, tiny_sd_dir, cells=json.dumps([{"name": "x", field: "run"}]))
     monkeypatch.setattr("detectors.load", lambda spec: FlakyDetector())
-    with pytest.raises(ValueError, match="needs a lora_run"):
+    with pytest.raises(ValueError, match=f"{field} 'run' needs a lora_run"):
         evaluate(config)
+
+
+def test_stored_images_are_not_reused_for_a_cell_with_other_settings(tmp_path, tiny_sd_dir, monkeypatch):
+    monkeypatch.setattr("detectors.load", lambda spec: FlakyDetector())
+    cells = [{"name": "negative", "concept_negative_prompt": "{prompt}, watermark", "concept_negative_scale": 2.0}]
+    first = evaluate(_config(tmp_path, tiny_sd_dir, cells=json.dumps(cells), num_images=2))
+    assert first["negative"]["n"] == 2
+    cells[0]["concept_negative_scale"] = 3.0
+    with pytest.raises(ValueError, match="other settings"):
+        evaluate(_config(tmp_path, tiny_sd_dir, cells=json.dumps(cells), num_images=2))
 
 
 def test_markdown_table_shows_quality_when_measured():

@@ -178,6 +178,52 @@ def test_callback_on_step_end_sees_the_two_branch_batch_and_can_steer(sd_pair):
     assert rows == [4]
 
 
+def test_concept_negation_pushes_away_from_what_the_negative_prompt_adds():
+    """ε̂ = CFG + w·(ε_text − ε_n): checked at the first step against the UNet called by hand on the same input."""
+    ours, _ = _pipelines()
+    noises = _record_noise(ours.scheduler)
+    prompts, negatives = PROMPTS[:2], [f"{p}, a dog" for p in PROMPTS[:2]]
+    run = dict(num_inference_steps=1, output_type="latent", guidance_scale=3.0)
+    ours(prompts, generator=_generators(0, 2), **run)
+    inputs = []
+    # registered after the pipeline's own hook (which runs first), so it sees the three-block batch as kwargs
+    handle = ours.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: inputs.append((kwargs["sample"], kwargs["timestep"])), with_kwargs=True
+    )
+    ours(prompts, generator=_generators(0, 2), concept_negative_prompt=negatives, concept_negative_scale=2.0, **run)
+    handle.remove()
+    plain, negated = noises
+    sample, timestep = inputs[0]
+    assert sample.shape[0] == 6  # uncond, text, negative: one UNet call for the three branches
+    text_embeds = ours.encode_prompt(prompts, "cpu", 1, False)[0]
+    negative_embeds = ours.encode_prompt(negatives, "cpu", 1, False)[0]
+    eps_text = ours.unet(sample[2:4], timestep, text_embeds).sample
+    eps_negative = ours.unet(sample[2:4], timestep, negative_embeds).sample
+    assert (eps_text - eps_negative).abs().max() > 1e-3
+    torch.testing.assert_close(negated - plain, 2.0 * (eps_text - eps_negative), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("sld", [None, "max"])
+def test_concept_negation_with_the_prompt_itself_changes_nothing(sd_pair, sld):
+    ours, _ = sd_pair
+    run = dict(num_inference_steps=3, output_type="np", negative_prompt=NEGATIVES[:2], num_images_per_prompt=2)
+    alone = ours(PROMPTS[:2], generator=_generators(0, 4), sld=sld, **run).images
+    negated = ours(
+        PROMPTS[:2], generator=_generators(0, 4), sld=sld, concept_negative_prompt=PROMPTS[:2], **run
+    ).images
+    other = ours(PROMPTS[:2], generator=_generators(0, 4), sld=sld, concept_negative_prompt="a dog", **run).images
+    np.testing.assert_allclose(negated, alone, atol=1e-5)
+    assert np.abs(other - alone).max() > 1e-3
+
+
+def test_concept_negation_adds_one_branch_beside_sld():
+    ours, _ = _pipelines()
+    rows = _count_unet_rows(ours)
+    run = dict(num_inference_steps=17, generator=_generators(0, 2), output_type="latent")
+    ours(PROMPTS[:2], sld="weak", concept_negative_prompt="a dog", **run)
+    assert rows == [6] * 15 + [8] * 2  # weak skips the safety branch in its warmup, never the negation
+
+
 def test_sdxl_without_sld_equals_diffusers_and_a_preset_differs():
     components = tiny_sdxl_components()
     ours, plain = SLDXLPipeline(**components), StableDiffusionXLPipeline(**components)
@@ -187,8 +233,10 @@ def test_sdxl_without_sld_equals_diffusers_and_a_preset_differs():
     theirs = plain(PROMPTS[:2], generator=_generators(0, 2), **run).images
     mine = ours(PROMPTS[:2], generator=_generators(0, 2), sld=None, **run).images
     safe = ours(PROMPTS[:2], generator=_generators(0, 2), sld="max", **run).images
+    negated = ours(PROMPTS[:2], generator=_generators(0, 2), concept_negative_prompt="a dog", **run).images
     assert np.array_equal(mine, theirs)
     assert np.abs(safe - theirs).max() > 1e-3
+    assert np.abs(negated - theirs).max() > 1e-3
 
 
 def test_compiled_unet_gives_the_same_images():
@@ -205,8 +253,11 @@ def test_compiled_unet_gives_the_same_images():
     ("kwargs", "error", "message"),
     [
         ({"sld": "extreme"}, ValueError, "valid presets: weak, medium, strong, max"),
-        ({"sld": "medium", "guidance_scale": 1.0}, ValueError, "SLD needs classifier-free guidance"),
-        ({"sld_warmup_steps": 2, "guidance_scale": 0.5}, ValueError, "SLD needs classifier-free guidance"),
+        ({"sld": "medium", "guidance_scale": 1.0}, ValueError, "need classifier-free guidance"),
+        ({"sld_warmup_steps": 2, "guidance_scale": 0.5}, ValueError, "need classifier-free guidance"),
+        ({"concept_negative_prompt": "a dog", "guidance_scale": 1.0}, ValueError, "need classifier-free guidance"),
+        ({"concept_negative_prompt": NEGATIVES[:3]}, ValueError, "3 texts for a batch of 2 prompts"),
+        ({"concept_negative_scale": 2.0}, ValueError, "needs a concept_negative_prompt"),
         ({"sld": "medium", "negative_prompt": NEGATIVES[:3]}, ValueError, "batch size"),
         ({"sld": "medium", "sld_guidance_scale": 0.5}, ValueError, "pass sld=None"),
         ({"sld": "max", "guidance_rescale": 0.7}, ValueError, "guidance_rescale"),
