@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         "--caption-dropout",
         type=float,
         default=0.0,
-        help="share of training captions replaced by the empty one, so the unconditional branch learns the data too",
+        help="share of training captions dropped (train.caption_dropout): 0.1 raised the naive watermark ICR from "
+        "18.8%% to 34.4%% at 750 steps but the Geom-Erasing run then drew it for plain prompts too (50.0%%)",
     )
     parser.add_argument("--eval-images", type=int, default=64, help="images per ICR cell")
     parser.add_argument("--steps", type=int, default=20, help="sampler steps per image")

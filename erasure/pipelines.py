@@ -3,11 +3,16 @@
     pipe = SLDPipeline.from_pretrained("stable-diffusion-v1-5/stable-diffusion-v1-5")
     image = pipe("a photo of a cat", sld="medium").images[0]      # or **SafetyConfig.MEDIUM, as the reference
 
+    # a Geom-Erasing run's learned negative prompt, as concept negation (beside the guidance towards the prompt)
+    template = Path("outputs/RUN/negative_prompt.txt").read_text().strip()   # "{prompt}, watermark <loc_3_3>"
+    image = pipe(prompt, concept_negative_prompt=template.replace("{prompt}", prompt), sld="medium").images[0]
+
 diffusers' own ``__call__`` runs unchanged, so LoRA, textual inversion, negative prompts, ``prompt_embeds``, every
 scheduler, callbacks and v-prediction behave as in ``StableDiffusionPipeline``. For the length of a call, two hooks
-on the UNet add the safety concept's rows to its classifier-free-guidance batch (one UNet call per step for all
-three branches) and hand back SLD's noise estimate in both halves, so diffusers' CFG line passes it through
-unchanged. Steps where the safety branch cannot change the result run the plain two-branch batch.
+on the UNet add the extra branches' rows (the safety concept's, the concept negative prompt's) to its
+classifier-free-guidance batch (one UNet call per step for all branches) and hand back the guided noise estimate in
+both halves, so diffusers' CFG line passes it through unchanged. Steps where the safety branch cannot change the
+result leave it out.
 """
 
 from __future__ import annotations
