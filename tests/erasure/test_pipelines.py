@@ -212,7 +212,8 @@ def test_concept_negation_with_the_prompt_itself_changes_nothing(sd_pair, sld):
         PROMPTS[:2], generator=_generators(0, 4), sld=sld, concept_negative_prompt=PROMPTS[:2], **run
     ).images
     other = ours(PROMPTS[:2], generator=_generators(0, 4), sld=sld, concept_negative_prompt="a dog", **run).images
-    np.testing.assert_allclose(negated, alone, atol=1e-5)
+    # a larger batch rounds the UNet's sums differently, and SLD's scales of up to 5000 magnify that
+    np.testing.assert_allclose(negated, alone, atol=1e-5 if sld is None else 1e-4)
     assert np.abs(other - alone).max() > 1e-3
 
 
