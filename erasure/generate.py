@@ -187,6 +187,12 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
 
 
 def _check_negative_prompt_options(args: argparse.Namespace) -> None:
+    if args.concept_negative_scale is not None and not (
+        args.use_run_negative_prompt and args.run_negative_as == "concept-negation"
+    ):
+        raise ValueError(
+            "--concept-negative-scale needs --use-run-negative-prompt with --run-negative-as concept-negation"
+        )
     if not args.use_run_negative_prompt:
         return
     if args.lora is None:
@@ -241,12 +247,6 @@ def run(args: argparse.Namespace) -> int:
 
     prompts = _read_prompts(args)
     _check_negative_prompt_options(args)
-    if args.concept_negative_scale is not None and not (
-        args.use_run_negative_prompt and args.run_negative_as == "concept-negation"
-    ):
-        raise ValueError(
-            "--concept-negative-scale needs --use-run-negative-prompt with --run-negative-as concept-negation"
-        )
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     parameters = _parameters(args, device)
     record_path = args.out / RECORD_FILE
@@ -292,7 +292,7 @@ def run(args: argparse.Namespace) -> int:
             prompt,
             negative_prompt=negative,
             concept_negative_prompt=concept_negative,
-            concept_negative_scale=args.concept_negative_scale if concept_negative else None,
+            concept_negative_scale=args.concept_negative_scale,
             num_images_per_prompt=len(missing),
             generator=[torch.Generator("cpu").manual_seed(seed) for seed in missing],
             num_inference_steps=args.steps,

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from detectors import Detection
@@ -132,6 +133,16 @@ def test_run_negative_prompt_needs_a_run(tmp_path, tiny_sd_dir, monkeypatch, fie
     monkeypatch.setattr("detectors.load", lambda spec: FlakyDetector())
     with pytest.raises(ValueError, match=f"{field} 'run' needs a lora_run"):
         evaluate(config)
+
+
+def test_concept_negative_prompt_cells_make_other_images(tmp_path, tiny_sd_dir, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setattr("detectors.load", lambda spec: FlakyDetector())
+    cells = [{"name": "plain"}, {"name": "negated", "concept_negative_prompt": "{prompt}, watermark"}]
+    evaluate(_config(tmp_path, tiny_sd_dir, cells=json.dumps(cells), num_images=2, guidance_scale=3.0))
+    plain, negated = (np.asarray(Image.open(tmp_path / c / "images" / "00000.png")) for c in ("plain", "negated"))
+    assert np.abs(plain.astype(int) - negated.astype(int)).max() > 0
 
 
 def test_stored_images_are_not_reused_for_a_cell_with_other_settings(tmp_path, tiny_sd_dir, monkeypatch):
