@@ -252,8 +252,10 @@ def main(argv: list[str] | None = None) -> int:
                 *(["--toy", *args.toy] if args.toy else []),
             ]
         )
-    print("[demo] 2/3 fine-tuning: naive, then Geom-Erasing")
-    runs = {mode: _train(args, mode, base, dataset, resolution) for mode in ("naive", "geom_erasing")}
+    # only the fine-tunes the rows sample from: a table of Geom-Erasing rows alone needs no naive run
+    modes = [mode for mode in ("naive", "geom_erasing") if any(METHODS[m]["run"] == mode for m in args.methods)]
+    print(f"[demo] 2/3 fine-tuning: {', then '.join(modes) or 'none (the base model alone)'}")
+    runs = {mode: _train(args, mode, base, dataset, resolution) for mode in modes}
 
     print("[demo] 3/3 implicit concept ratio on held-out prompts and seeds")
     cells = []

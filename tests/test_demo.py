@@ -29,7 +29,9 @@ def test_demo_runs_the_whole_chain(tmp_path, tiny_sd_dir, tiny_latent_clip_dir):
         "--toy",
         "watermark_logo_rate=1",
     ]
-    assert main(argv) == 0
+    assert main([*argv, "--methods", "base", "geom_erasing_plain"]) == 0
+    assert [run.name for run in (tmp_path / "runs").iterdir()] == ["toy_geom_erasing_watermark"]  # no naive run
+    assert main(argv) == 0  # the demo's rows: adds the naive run, reuses the Geom-Erasing one
     toy = json.loads((tmp_path / "icd" / "build.json").read_text())["config"]["toy"]
     assert toy["watermark_logo_rate"] == 1 and toy["position_priors"]["watermark"] == {"bottom_right": 1.0}  # one kind
     naive_run = tmp_path / "runs" / "toy_naive_watermark"
