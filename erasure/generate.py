@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from erasure.sld import DEFAULT_SAFETY_CONCEPT, SafetyConfig
 
 if TYPE_CHECKING:
+    from erasure.latent_clip import LatentClipGuidance
     from erasure.pipelines import SLDPipeline, SLDXLPipeline
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -40,8 +41,12 @@ class LoadedPipeline:
     pipeline: SLDPipeline | SLDXLPipeline
     negative_prompt_template: str | None = None
     """the run's negative_prompt.txt, holding ``{prompt}``; None without a run or when the run has none."""
-    callback: Callable | None = None
-    """Latent-CLIP safety guidance as a ``callback_on_step_end``; None when not asked for."""
+    guidance: LatentClipGuidance | None = None
+    """Latent-CLIP safety guidance; None when not asked for. Pass :meth:`step_callback` to each call."""
+
+    def step_callback(self, prompts: str | list[str], num_images_per_prompt: int = 1) -> Callable | None:
+        """The ``callback_on_step_end`` of a call with these prompts: the guidance reads each image's caption."""
+        return None if self.guidance is None else self.guidance.for_prompts(prompts, num_images_per_prompt)
 
     def negative_prompt(self, prompt: str) -> str | None:
         """The run's negative prompt for ``prompt`` (``str.replace``: other braces in the template stay)."""
@@ -58,14 +63,15 @@ def load_pipeline(
     lora_run: str | Path | None = None,
     latent_clip: str | Path | None = None,
     latent_guidance: str | None = None,
-    latent_guidance_scale: float = 0.05,
-    latent_guidance_warmup: int = 10,
+    latent_guidance_scale: float = 0.1,
+    latent_guidance_warmup: int = 0,
+    latent_guidance_stop: int | None = 8,
 ) -> LoadedPipeline:
     """Our SLD pipeline for a hub id or local directory, SD 1.x/2.x or SDXL as its ``model_index.json`` says.
 
     With ``lora_run`` (a training run directory) it also loads the run's LoRA and learned location tokens,
     whichever of the two the run has, and reads its negative prompt template. With ``latent_clip`` (a Latent-CLIP
-    directory) and ``latent_guidance`` (a concept) the result carries a callback that steers sampling away from it.
+    directory) and ``latent_guidance`` (a concept) the result carries guidance that steers sampling away from it.
     The NSFW safety checker is off: callers measure what the model makes, and a blacked-out image hides that.
     """
     import torch
@@ -88,11 +94,15 @@ def load_pipeline(
     if lora_run is not None:
         _load_run(pipe, Path(lora_run))
         template = negative_prompt_template(lora_run)
-    guidance = _latent_guidance(latent_clip, latent_guidance, latent_guidance_scale, latent_guidance_warmup, device)
+    guidance = _latent_guidance(
+        latent_clip, latent_guidance, latent_guidance_scale, latent_guidance_warmup, latent_guidance_stop, device
+    )
     return LoadedPipeline(pipe.to(device), template, guidance)
 
 
-def _latent_guidance(latent_clip, concept: str | None, scale: float, warmup: int, device: str) -> Callable | None:
+def _latent_guidance(
+    latent_clip, concept: str | None, scale: float, warmup: int, stop: int | None, device: str
+) -> LatentClipGuidance | None:
     if bool(latent_clip) != bool(concept):
         raise ValueError("latent-clip and latent-guidance go together: the model, and the concept to avoid")
     if not concept:
@@ -100,7 +110,7 @@ def _latent_guidance(latent_clip, concept: str | None, scale: float, warmup: int
     from erasure.latent_clip import LatentClip, LatentClipGuidance
 
     model = LatentClip.from_pretrained(latent_clip).to(device).eval()
-    return LatentClipGuidance(model, concept, scale=scale, warmup_steps=warmup)
+    return LatentClipGuidance(model, concept, scale=scale, warmup_steps=warmup, stop_step=stop)
 
 
 def _load_run(pipe: SLDPipeline | SLDXLPipeline, run_dir: Path) -> None:
@@ -170,8 +180,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--latent-clip", type=Path, metavar="DIR", help="Latent-CLIP model (erasure.latent_clip.train)"
     )
     parser.add_argument("--latent-guidance", metavar="CONCEPT", help="with --latent-clip: push latents away from it")
-    parser.add_argument("--latent-guidance-scale", type=float, default=0.05, help="step per denoising step")
-    parser.add_argument("--latent-guidance-warmup", type=int, default=10, help="steps before latent guidance starts")
+    parser.add_argument("--latent-guidance-scale", type=float, default=0.1, help="step per guided denoising step")
+    parser.add_argument("--latent-guidance-warmup", type=int, default=0, help="steps before latent guidance starts")
+    parser.add_argument(
+        "--latent-guidance-stop",
+        type=int,
+        default=8,
+        help="step where latent guidance ends, so that later steps denoise the marks its gradient leaves",
+    )
 
 
 def _read_prompts(args: argparse.Namespace) -> list[str]:
@@ -237,6 +253,7 @@ def _parameters(args: argparse.Namespace, device: str) -> dict:
         "latent_guidance": args.latent_guidance,
         "latent_guidance_scale": args.latent_guidance_scale if args.latent_guidance else None,
         "latent_guidance_warmup": args.latent_guidance_warmup if args.latent_guidance else None,
+        "latent_guidance_stop": args.latent_guidance_stop if args.latent_guidance else None,
         "versions": {"diffusers": diffusers.__version__, "torch": torch.__version__},
     }
 
@@ -264,6 +281,7 @@ def run(args: argparse.Namespace) -> int:
         latent_guidance=args.latent_guidance,
         latent_guidance_scale=args.latent_guidance_scale,
         latent_guidance_warmup=args.latent_guidance_warmup,
+        latent_guidance_stop=args.latent_guidance_stop,
     )
     pipe = loaded.pipeline
     pipe.safety_concept = args.safety_concept
@@ -300,7 +318,7 @@ def run(args: argparse.Namespace) -> int:
             height=args.size,
             width=args.size,
             sld=args.sld,
-            callback_on_step_end=loaded.callback,
+            callback_on_step_end=loaded.step_callback(prompt, len(missing)),
         )
         for seed, image in zip(missing, result.images, strict=True):
             image.save(files[seed])

@@ -46,8 +46,9 @@ class IcrCell(StrictModel):
         None, description="concept SLD and Latent-CLIP guidance steer away from; defaults to the evaluated concept"
     )
     latent_clip: str | None = Field(None, description="a Latent-CLIP directory: guide sampling away from the concept")
-    latent_guidance_scale: float = Field(0.05, ge=0, description="Latent-CLIP guidance step per denoising step")
-    latent_guidance_warmup: int = Field(10, ge=0, description="denoising steps before Latent-CLIP guidance starts")
+    latent_guidance_scale: float = Field(0.1, ge=0, description="Latent-CLIP guidance step per guided step")
+    latent_guidance_warmup: int = Field(0, ge=0, description="denoising steps before Latent-CLIP guidance starts")
+    latent_guidance_stop: int | None = Field(8, ge=1, description="denoising step where Latent-CLIP guidance ends")
 
 
 class IcrConfig(StrictModel):
@@ -222,6 +223,7 @@ def evaluate_cell(
             latent_guidance=(cell.safety_concept or config.concept) if cell.latent_clip else None,
             latent_guidance_scale=cell.latent_guidance_scale,
             latent_guidance_warmup=cell.latent_guidance_warmup,
+            latent_guidance_stop=cell.latent_guidance_stop,
         )
         pipe, run_template = loaded.pipeline, loaded.negative_prompt_template
         pipe.set_progress_bar_config(disable=True)
@@ -243,7 +245,7 @@ def evaluate_cell(
                     height=size,
                     width=size,
                     generator=generators,
-                    callback_on_step_end=loaded.callback,
+                    callback_on_step_end=loaded.step_callback(batch_prompts),
                     **extra,
                 ).images
                 found = detector.detect(images)

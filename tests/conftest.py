@@ -45,7 +45,7 @@ def tiny_latent_clip_dir(tmp_path_factory) -> Path:
         text_width=32,
         text_layers=1,
         text_heads=4,
-        max_length=16,
+        max_length=40,  # the toy captions with a concept: up to 36 tiny-tokenizer tokens
         projection_dim=16,
     )
     return LatentClip.build(spec, tiny_tokenizer()).save_pretrained(tmp_path_factory.mktemp("latent-clip"))

@@ -136,7 +136,7 @@ def load_method_pipeline(method: Method, device: torch.device | str, dtype: str)
     )
     loaded.pipeline.set_progress_bar_config(disable=True)
     if method.negative_prompt is not None:  # the method's own template wins over the run's
-        loaded = LoadedPipeline(loaded.pipeline, method.negative_prompt, loaded.callback)
+        loaded = LoadedPipeline(loaded.pipeline, method.negative_prompt, loaded.guidance)
     return loaded
 
 
@@ -154,7 +154,7 @@ def generate(
         "width": settings.width,
         "generator": generator,
         "sld": sld,
-        "callback_on_step_end": loaded.callback,
+        "callback_on_step_end": loaded.step_callback(prompt.prompt, settings.images_per_call),
     }
     return [image for _ in range(settings.calls) for image in loaded.pipeline(prompt.prompt, **kwargs).images]
 

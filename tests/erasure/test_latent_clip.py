@@ -143,22 +143,65 @@ def pipe():
     return pipe
 
 
+def _guided(pipe, model, caption: str = "a red circle", **options) -> torch.Tensor:
+    return _generate(pipe, LatentClipGuidance(model, "a watermark", **options).for_prompts(caption))
+
+
 def test_guidance_changes_samples_only_when_it_is_on(pipe, model):
     plain = _generate(pipe)
-    warming_up = _generate(pipe, LatentClipGuidance(model, "a watermark", scale=0.5, warmup_steps=4))
-    zero_scale = _generate(pipe, LatentClipGuidance(model, "a watermark", scale=0.0, warmup_steps=0))
-    on = _generate(pipe, LatentClipGuidance(model, "a watermark", scale=0.5, warmup_steps=1))
+    warming_up = _guided(pipe, model, scale=0.5, warmup_steps=4)
+    zero_scale = _guided(pipe, model, scale=0.0)
+    on = _guided(pipe, model, scale=0.5, warmup_steps=1, stop_step=None)
     torch.testing.assert_close(warming_up, plain, rtol=0, atol=0)
     torch.testing.assert_close(zero_scale, plain, rtol=0, atol=0)
     assert (on - plain).abs().max() > 1e-3
+    # stopped after the first step: guided there, unguided after (so unlike guidance that never stops)
+    first_only = _guided(pipe, model, scale=0.5, stop_step=1, momentum_scale=0)
+    every_step = _guided(pipe, model, scale=0.5, stop_step=None, momentum_scale=0)
+    assert (first_only - plain).abs().max() > 1e-3 and (first_only - every_step).abs().max() > 1e-3
 
 
-def test_guidance_lowers_the_concept_similarity(pipe, model):
-    concept = LatentClipReward(model, "a watermark")
+def test_guidance_lowers_how_much_the_latents_show_the_concept(pipe, model):
+    shows = LatentClipReward(model, ["a red circle, a watermark"], baseline=["a red circle"])
     plain = _generate(pipe)
-    guided = _generate(pipe, LatentClipGuidance(model, "a watermark", scale=0.2, warmup_steps=0, momentum_scale=0))
+    guided = _guided(pipe, model, scale=0.2, stop_step=None, momentum_scale=0)
     with torch.no_grad():
-        assert concept(guided).item() < concept(plain).item()
+        assert shows(guided).item() < shows(plain).item()
+
+
+def test_guidance_reads_each_images_caption(pipe, model):
+    red = _guided(pipe, model, "a red circle", scale=0.5, stop_step=None)
+    blue = _guided(pipe, model, "two blue squares", scale=0.5, stop_step=None)
+    assert (red - blue).abs().max() > 1e-4  # the direction is the caption's, not one for every prompt
+
+
+def test_guidance_needs_the_calls_prompts_and_valid_options(pipe, model):
+    with pytest.raises(RuntimeError, match="for_prompts"):
+        _generate(pipe, LatentClipGuidance(model, "a watermark"))
+    with pytest.raises(ValueError, match="cut 'a watermark' off"):
+        LatentClipGuidance(model, "a watermark").for_prompts(" ".join(["red"] * TINY["max_length"]))
+    with pytest.raises(ValueError, match="stop_step"):
+        LatentClipGuidance(model, "a watermark", warmup_steps=8, stop_step=8)
+    with pytest.raises(ValueError, match="template"):
+        LatentClipGuidance(model, "a watermark", template="{concept} only")
+
+
+def test_reward_with_a_baseline_is_the_difference_of_similarities(model):
+    latents = torch.randn(2, 4, 16, 16)
+    reward = LatentClipReward(
+        model,
+        ["a red circle, a watermark", "two blue squares, a watermark"],
+        baseline=["a red circle", "two blue squares"],
+    )
+    with torch.no_grad():
+        to_prompts = model.similarity(latents, ["a red circle, a watermark", "two blue squares, a watermark"])
+        to_baselines = model.similarity(latents, ["a red circle", "two blue squares"])
+        expected = to_prompts.diagonal() - to_baselines.diagonal()
+        torch.testing.assert_close(reward(latents), expected, rtol=1e-5, atol=1e-6)
+        with pytest.raises(ValueError, match="one prompt per image"):
+            reward(latents[:1])
+    with pytest.raises(ValueError, match="baselines"):
+        LatentClipReward(model, ["a", "b"], baseline=["c"])
 
 
 def test_guidance_runs_inside_the_sld_pipeline(model):
@@ -166,7 +209,7 @@ def test_guidance_runs_inside_the_sld_pipeline(model):
 
     sld = SLDPipeline(**tiny_sd_pipeline().components, requires_safety_checker=False)
     sld.set_progress_bar_config(disable=True)
-    guidance = LatentClipGuidance(model, "a watermark", scale=0.5, warmup_steps=0)
+    guidance = LatentClipGuidance(model, "a watermark", scale=0.5).for_prompts("a red circle")
     plain = sld(
         "a red circle",
         num_inference_steps=3,
