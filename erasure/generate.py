@@ -63,7 +63,7 @@ def load_pipeline(
     lora_run: str | Path | None = None,
     latent_clip: str | Path | None = None,
     latent_guidance: str | None = None,
-    latent_guidance_scale: float = 0.1,
+    latent_guidance_scale: float = 0.05,
     latent_guidance_warmup: int = 0,
     latent_guidance_stop: int | None = 8,
 ) -> LoadedPipeline:
@@ -180,7 +180,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--latent-clip", type=Path, metavar="DIR", help="Latent-CLIP model (erasure.latent_clip.train)"
     )
     parser.add_argument("--latent-guidance", metavar="CONCEPT", help="with --latent-clip: push latents away from it")
-    parser.add_argument("--latent-guidance-scale", type=float, default=0.1, help="step per guided denoising step")
+    parser.add_argument("--latent-guidance-scale", type=float, default=0.05, help="step per guided denoising step")
     parser.add_argument("--latent-guidance-warmup", type=int, default=0, help="steps before latent guidance starts")
     parser.add_argument(
         "--latent-guidance-stop",

@@ -46,7 +46,7 @@ class IcrCell(StrictModel):
         None, description="concept SLD and Latent-CLIP guidance steer away from; defaults to the evaluated concept"
     )
     latent_clip: str | None = Field(None, description="a Latent-CLIP directory: guide sampling away from the concept")
-    latent_guidance_scale: float = Field(0.1, ge=0, description="Latent-CLIP guidance step per guided step")
+    latent_guidance_scale: float = Field(0.05, ge=0, description="Latent-CLIP guidance step per guided step")
     latent_guidance_warmup: int = Field(0, ge=0, description="denoising steps before Latent-CLIP guidance starts")
     latent_guidance_stop: int | None = Field(8, ge=1, description="denoising step where Latent-CLIP guidance ends")
 
@@ -181,11 +181,18 @@ def _filled(cell: IcrCell, field: str, run_template: str | None, prompts: list[s
     return [template.replace("{prompt}", p) for p in prompts]
 
 
+def _image_settings(settings: dict) -> dict:
+    """The cell settings that decide its images: the Latent-CLIP schedule only where there is a Latent-CLIP."""
+    if settings.get("latent_clip") is None:
+        return {k: v for k, v in settings.items() if not k.startswith("latent_guidance_")}
+    return settings
+
+
 def _check_cell_settings(cell_dir: Path, cell: IcrCell) -> None:
     """Stored images belong to the cell that made them: a cell of the same name with other settings is refused."""
     path = cell_dir / "cell.json"
     settings = cell.model_dump()
-    if path.is_file() and json.loads(path.read_text()) != settings:
+    if path.is_file() and _image_settings(json.loads(path.read_text())) != _image_settings(settings):
         raise ValueError(
             f"{cell_dir} holds images of cell '{cell.name}' with other settings ({path}): "
             "give this cell another name or out_dir, or delete the folder"

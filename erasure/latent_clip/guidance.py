@@ -35,7 +35,7 @@ class LatentClipGuidance:
         self,
         model: LatentClip,
         concept: str,
-        scale: float = 0.1,
+        scale: float = 0.05,
         warmup_steps: int = 0,
         stop_step: int | None = 8,
         threshold: float | None = None,

@@ -150,7 +150,18 @@ def test_stored_images_are_not_reused_for_a_cell_with_other_settings(tmp_path, t
     cells = [{"name": "negative", "concept_negative_prompt": "{prompt}, watermark", "concept_negative_scale": 2.0}]
     first = evaluate(_config(tmp_path, tiny_sd_dir, cells=json.dumps(cells), num_images=2))
     assert first["negative"]["n"] == 2
+    cells[0]["latent_guidance_scale"] = 0.3  # no Latent-CLIP in this cell: its schedule changes nothing
+    assert evaluate(_config(tmp_path, tiny_sd_dir, cells=json.dumps(cells), num_images=2)) == first
     cells[0]["concept_negative_scale"] = 3.0
+    with pytest.raises(ValueError, match="other settings"):
+        evaluate(_config(tmp_path, tiny_sd_dir, cells=json.dumps(cells), num_images=2))
+
+
+def test_a_latent_clip_cell_with_another_schedule_is_refused(tmp_path, tiny_sd_dir, tiny_latent_clip_dir, monkeypatch):
+    monkeypatch.setattr("detectors.load", lambda spec: FlakyDetector())
+    cells = [{"name": "guided", "latent_clip": str(tiny_latent_clip_dir)}]
+    evaluate(_config(tmp_path, tiny_sd_dir, cells=json.dumps(cells), num_images=2))
+    cells[0]["latent_guidance_stop"] = 1
     with pytest.raises(ValueError, match="other settings"):
         evaluate(_config(tmp_path, tiny_sd_dir, cells=json.dumps(cells), num_images=2))
 
