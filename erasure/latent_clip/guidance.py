@@ -15,6 +15,7 @@ a warm-up, gate on a threshold and build a momentum. No VAE decode: one image-to
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -63,13 +64,14 @@ class LatentClipGuidance:
         """This guidance for a call with these prompts (the pipeline's order: each prompt's images together)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         captions = [p for p in prompts for _ in range(num_images_per_prompt)]
-        concepts = [self.template.format(prompt=p, concept=self.concept) for p in captions]
+        concepts = [self.template.replace("{concept}", self.concept).replace("{prompt}", p) for p in captions]
         cut = (self.model.tokenize(concepts) == self.model.tokenize(captions)).all(dim=1)
-        if cut.any():
-            raise ValueError(
-                f"the Latent-CLIP reads {self.model.tokenize(captions[:1]).shape[1]} tokens, which cut "
-                f"{self.concept!r} off {concepts[int(cut.nonzero()[0])]!r}: use shorter prompts or a Latent-CLIP "
-                "with a longer max_length"
+        if cut.any():  # the two texts read alike, so the direction is zero: those images go unguided
+            warnings.warn(
+                f"{int(cut.sum())} of {len(cut)} images go unguided: the Latent-CLIP reads "
+                f"{self.model.tokenize(captions[:1]).shape[1]} tokens, which cut {self.concept!r} off "
+                f"{concepts[int(cut.nonzero()[0])]!r}",
+                stacklevel=2,
             )
         self.reward = LatentClipReward(self.model, concepts, baseline=captions)
         return self

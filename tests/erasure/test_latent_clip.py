@@ -178,8 +178,13 @@ def test_guidance_reads_each_images_caption(pipe, model):
 def test_guidance_needs_the_calls_prompts_and_valid_options(pipe, model):
     with pytest.raises(RuntimeError, match="for_prompts"):
         _generate(pipe, LatentClipGuidance(model, "a watermark"))
-    with pytest.raises(ValueError, match="cut 'a watermark' off"):
-        LatentClipGuidance(model, "a watermark").for_prompts(" ".join(["red"] * TINY["max_length"]))
+    with pytest.warns(UserWarning, match="1 of 2 images go unguided.*cut 'a watermark' off"):
+        long = " ".join(["red"] * TINY["max_length"])
+        guidance = LatentClipGuidance(model, "a watermark", stop_step=None).for_prompts(["a red circle", long])
+    latents = torch.randn(2, 4, 16, 16)
+    pushed = guidance.push(latents, step=0)
+    assert (pushed[0] - latents[0]).abs().max() > 0 and torch.equal(pushed[1], latents[1])
+    LatentClipGuidance(model, "a watermark").for_prompts("a {red} circle")  # braces in a prompt are text
     with pytest.raises(ValueError, match="stop_step"):
         LatentClipGuidance(model, "a watermark", warmup_steps=8, stop_step=8)
     with pytest.raises(ValueError, match="template"):
