@@ -65,11 +65,12 @@ class LatentClipGuidance:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         captions = [p for p in prompts for _ in range(num_images_per_prompt)]
         concepts = [self.template.replace("{concept}", self.concept).replace("{prompt}", p) for p in captions]
-        cut = (self.model.tokenize(concepts) == self.model.tokenize(captions)).all(dim=1)
+        caption_ids = self.model.tokenize(captions)
+        cut = (self.model.tokenize(concepts) == caption_ids).all(dim=1)
         if cut.any():  # the two texts read alike, so the direction is zero: those images go unguided
             warnings.warn(
                 f"{int(cut.sum())} of {len(cut)} images go unguided: the Latent-CLIP reads "
-                f"{self.model.tokenize(captions[:1]).shape[1]} tokens, which cut {self.concept!r} off "
+                f"{caption_ids.shape[1]} tokens, which cut {self.concept!r} off "
                 f"{concepts[int(cut.nonzero()[0])]!r}",
                 stacklevel=2,
             )
