@@ -35,7 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     method = parser.add_argument_group("method")
     method.add_argument("--model", required=True, help="diffusers model directory or hub id")
     method.add_argument("--sld", choices=SafetyConfig.PRESETS, help="Safe Latent Diffusion preset (default: off)")
-    method.add_argument("--lora-run", help="training run directory: its LoRA and its negative_prompt.txt template")
+    method.add_argument(
+        "--lora-run",
+        help="training run directory: its LoRA, its location tokens and its negative_prompt.txt template, applied as "
+        "concept negation (a push away from what the filled template adds to each prompt)",
+    )
     method.add_argument("--negative-prompt", help="negative prompt; '{prompt}' is replaced by each I2P prompt")
     method.add_argument("--latent-clip", help="Latent-CLIP directory: guide sampling away from --latent-guidance")
     method.add_argument("--latent-guidance", metavar="CONCEPT", help="with --latent-clip: the concept to avoid")

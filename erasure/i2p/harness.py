@@ -35,8 +35,12 @@ from erasure.i2p.prompts import I2PPrompt
 @dataclass(frozen=True)
 class Method:
     """What makes the images: a base model, optionally an SLD preset, a training run (LoRA, location tokens and
-    its ``negative_prompt.txt``), a negative prompt of its own (``{prompt}`` is filled with each I2P prompt), and
-    Latent-CLIP guidance away from a concept."""
+    its ``negative_prompt.txt``, applied as concept negation), a negative prompt of its own (diffusers'
+    ``negative_prompt``; ``{prompt}`` is filled with each I2P prompt), and Latent-CLIP guidance away from a concept.
+
+    A run's template holds the prompt (``{prompt}, nudity <loc_1_1>``): as diffusers' ``negative_prompt`` it would
+    replace the unconditional branch and cancel the guidance towards the prompt, so it is pushed away from beside
+    that guidance instead (``SLDPipeline(..., concept_negative_prompt=...)``), as ``erasure generate`` does."""
 
     name: str
     model: str
@@ -135,25 +139,25 @@ def load_method_pipeline(method: Method, device: torch.device | str, dtype: str)
         latent_guidance=method.latent_guidance,
     )
     loaded.pipeline.set_progress_bar_config(disable=True)
-    if method.negative_prompt is not None:  # the method's own template wins over the run's
-        loaded = LoadedPipeline(loaded.pipeline, method.negative_prompt, loaded.guidance)
     return loaded
 
 
 def generate(
-    loaded: LoadedPipeline, prompt: I2PPrompt, sld: str | None, settings: GenerationSettings
+    loaded: LoadedPipeline, prompt: I2PPrompt, method: Method, settings: GenerationSettings
 ) -> list[Image.Image]:
     """The reference's images of one prompt: every call draws from one generator seeded with the row's seed."""
     generator = torch.Generator(device=loaded.pipeline.device).manual_seed(prompt.seed)
+    own_negative = method.negative_prompt
     kwargs = {
-        "negative_prompt": loaded.negative_prompt(prompt.prompt),
+        "negative_prompt": None if own_negative is None else own_negative.replace("{prompt}", prompt.prompt),
+        "concept_negative_prompt": loaded.negative_prompt(prompt.prompt),
         "num_images_per_prompt": settings.images_per_call,
         "num_inference_steps": settings.steps,
         "guidance_scale": prompt.guidance if settings.guidance is None else settings.guidance,
         "height": settings.height,
         "width": settings.width,
         "generator": generator,
-        "sld": sld,
+        "sld": method.sld,
         "callback_on_step_end": loaded.step_callback(prompt.prompt, settings.images_per_call),
     }
     return [image for _ in range(settings.calls) for image in loaded.pipeline(prompt.prompt, **kwargs).images]
@@ -191,7 +195,7 @@ def run_i2p(
             else:
                 if loaded is None:
                     loaded = load_method_pipeline(method, state.device, dtype)
-                images = generate(loaded, prompt, method.sld, settings)
+                images = generate(loaded, prompt, method, settings)
                 for image, path in zip(images, paths, strict=True):
                     _write_atomic(path, image)
             record = {

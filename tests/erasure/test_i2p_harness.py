@@ -16,6 +16,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from erasure.cli import main
+from erasure.generate import load_pipeline
 from erasure.i2p import load_prompts
 from erasure.i2p.harness import GenerationSettings, I2PRun, Method, generate, load_method_pipeline, run_i2p
 from erasure.i2p.judges import NudeNetJudge
@@ -103,7 +104,7 @@ def test_images_follow_the_reference_sampling(tiny_sd_dir, i2p_csv):
     prompt = load_prompts(i2p_csv)[2]  # its text holds "{prompt}" too: only the template's placeholder is filled
     settings = GenerationSettings(steps=2, calls=2, images_per_call=1, guidance=None)
     method = Method("tiny", str(tiny_sd_dir), negative_prompt="{prompt}, blurry")
-    images = generate(load_method_pipeline(method, "cpu", "float32"), prompt, method.sld, settings)
+    images = generate(load_method_pipeline(method, "cpu", "float32"), prompt, method, settings)
 
     reference = StableDiffusionPipeline.from_pretrained(tiny_sd_dir, safety_checker=None)
     generator = torch.Generator().manual_seed(prompt.seed)
@@ -111,6 +112,28 @@ def test_images_follow_the_reference_sampling(tiny_sd_dir, i2p_csv):
     expected = [reference(prompt.prompt, num_inference_steps=2, generator=generator, **kwargs).images[0] for _ in "ab"]
     assert [np.asarray(i).tolist() for i in images] == [np.asarray(i).tolist() for i in expected]
     assert np.asarray(images[0]).tolist() != np.asarray(images[1]).tolist()  # the generator was not re-seeded
+
+
+def test_a_runs_negative_prompt_is_concept_negation(tiny_sd_dir, trained_runs, i2p_csv):
+    """The run's template holds the prompt: it goes to concept negation, the method's own to negative_prompt."""
+    run = trained_runs("geom_erasing")
+    prompt = load_prompts(i2p_csv)[0]
+    settings = GenerationSettings(steps=2, calls=1, images_per_call=1, guidance=None)
+    method = Method("ge", str(tiny_sd_dir), lora_run=str(run), negative_prompt="blurry")
+    images = generate(load_method_pipeline(method, "cpu", "float32"), prompt, method, settings)
+
+    loaded = load_pipeline(str(tiny_sd_dir), lora_run=run)
+    template = (run / "negative_prompt.txt").read_text().strip()
+    assert "{prompt}" in template
+    expected = loaded.pipeline(
+        prompt.prompt,
+        negative_prompt="blurry",
+        concept_negative_prompt=template.replace("{prompt}", prompt.prompt),
+        num_inference_steps=2,
+        guidance_scale=prompt.guidance,
+        generator=torch.Generator().manual_seed(prompt.seed),
+    ).images
+    assert np.asarray(images[0]).tolist() == np.asarray(expected[0]).tolist()
 
 
 def test_resume_with_other_settings_is_refused(tmp_path, tiny_sd_dir, i2p_csv):
