@@ -181,6 +181,19 @@ def _filled(cell: IcrCell, field: str, run_template: str | None, prompts: list[s
     return [template.replace("{prompt}", p) for p in prompts]
 
 
+# The evaluation settings that decide a cell's images, beside the cell's own (num_images only adds images).
+SAMPLING_FIELDS = (
+    "model",
+    "prompts",
+    "prompt_seed",
+    "seed",
+    "num_inference_steps",
+    "guidance_scale",
+    "resolution",
+    "dtype",
+)
+
+
 def _image_settings(settings: dict) -> dict:
     """The cell settings that decide its images: the Latent-CLIP schedule only where there is a Latent-CLIP."""
     if settings.get("latent_clip") is None:
@@ -188,15 +201,23 @@ def _image_settings(settings: dict) -> dict:
     return settings
 
 
-def _check_cell_settings(cell_dir: Path, cell: IcrCell) -> None:
-    """Stored images belong to the cell that made them: a cell of the same name with other settings is refused."""
+def _check_cell_settings(cell_dir: Path, cell: IcrCell, config: IcrConfig) -> None:
+    """Stored images belong to the cell and sampling that made them: other settings under the same name are refused.
+
+    Without the sampling fields, a table rerun at another guidance scale into the same out_dir would count the old
+    images as new ones."""
     path = cell_dir / "cell.json"
-    settings = cell.model_dump()
-    if path.is_file() and _image_settings(json.loads(path.read_text())) != _image_settings(settings):
-        raise ValueError(
-            f"{cell_dir} holds images of cell '{cell.name}' with other settings ({path}): "
-            "give this cell another name or out_dir, or delete the folder"
+    settings = cell.model_dump() | {"sampling": config.model_dump(include=set(SAMPLING_FIELDS))}
+    if path.is_file():
+        stored = _image_settings(json.loads(path.read_text()))
+        changed = sorted(
+            k for k in stored.keys() | settings.keys() if stored.get(k) != _image_settings(settings).get(k)
         )
+        if changed:
+            raise ValueError(
+                f"{cell_dir} holds images of cell '{cell.name}' made with other {', '.join(changed)} ({path}): "
+                "give this cell another name or out_dir, or delete the folder"
+            )
     path.write_text(json.dumps(settings, indent=2))
 
 
@@ -215,7 +236,7 @@ def evaluate_cell(
 
     cell_dir = Path(config.out_dir) / cell.name
     (cell_dir / "images").mkdir(parents=True, exist_ok=True)
-    _check_cell_settings(cell_dir, cell)
+    _check_cell_settings(cell_dir, cell, config)
     records = _load_records(cell_dir)
     identity = identity or detector_identity(config.detector)
     _redetect(config, cell_dir, records, detector, identity)

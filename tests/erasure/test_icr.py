@@ -153,8 +153,17 @@ def test_stored_images_are_not_reused_for_a_cell_with_other_settings(tmp_path, t
     cells[0]["latent_guidance_scale"] = 0.3  # no Latent-CLIP in this cell: its schedule changes nothing
     assert evaluate(_config(tmp_path, tiny_sd_dir, cells=json.dumps(cells), num_images=2)) == first
     cells[0]["concept_negative_scale"] = 3.0
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match="made with other concept_negative_scale"):
         evaluate(_config(tmp_path, tiny_sd_dir, cells=json.dumps(cells), num_images=2))
+
+
+def test_stored_images_are_not_reused_at_another_guidance_scale(tmp_path, tiny_sd_dir, monkeypatch):
+    monkeypatch.setattr("detectors.load", lambda spec: FlakyDetector())
+    cells = json.dumps([{"name": "base"}])
+    evaluate(_config(tmp_path, tiny_sd_dir, cells=cells, num_images=2, guidance_scale=2.0))
+    evaluate(_config(tmp_path, tiny_sd_dir, cells=cells, num_images=3, guidance_scale=2.0))  # more images: fine
+    with pytest.raises(ValueError, match="made with other sampling"):
+        evaluate(_config(tmp_path, tiny_sd_dir, cells=cells, num_images=3, guidance_scale=1.5))
 
 
 def test_a_latent_clip_cell_with_another_schedule_is_refused(tmp_path, tiny_sd_dir, tiny_latent_clip_dir, monkeypatch):
@@ -162,7 +171,7 @@ def test_a_latent_clip_cell_with_another_schedule_is_refused(tmp_path, tiny_sd_d
     cells = [{"name": "guided", "latent_clip": str(tiny_latent_clip_dir)}]
     evaluate(_config(tmp_path, tiny_sd_dir, cells=json.dumps(cells), num_images=2))
     cells[0]["latent_guidance_stop"] = 1
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match="made with other latent_guidance_stop"):
         evaluate(_config(tmp_path, tiny_sd_dir, cells=json.dumps(cells), num_images=2))
 
 
