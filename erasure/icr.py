@@ -209,10 +209,8 @@ def _check_cell_settings(cell_dir: Path, cell: IcrCell, config: IcrConfig) -> No
     path = cell_dir / "cell.json"
     settings = cell.model_dump() | {"sampling": config.model_dump(include=set(SAMPLING_FIELDS))}
     if path.is_file():
-        stored = _image_settings(json.loads(path.read_text()))
-        changed = sorted(
-            k for k in stored.keys() | settings.keys() if stored.get(k) != _image_settings(settings).get(k)
-        )
+        stored, wanted = _image_settings(json.loads(path.read_text())), _image_settings(settings)
+        changed = sorted(k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k))
         if changed:
             raise ValueError(
                 f"{cell_dir} holds images of cell '{cell.name}' made with other {', '.join(changed)} ({path}): "
