@@ -144,10 +144,13 @@ def _figure(out: Path, results: dict, cells: list[str], concept: str) -> Path:
 
 
 def _record(path: Path, concept: str, results: dict) -> None:
-    """Merge one concept's table into the ``{concept: {method: {icr, ci95, fidelity, fid, n}}}`` results file."""
+    """Write one concept's table into the ``{concept: {method: {icr, ci95, fidelity, fid, n}}}`` results file.
+
+    The concept's table is replaced whole, so that it never mixes rows of two protocols; other concepts stay.
+    """
     table = json.loads(path.read_text()) if path.is_file() else {}
     keys = ("icr", "ci95", "fidelity", "fid", "n")
-    table.setdefault(concept, {}).update({m: {k: r[k] for k in keys if k in r} for m, r in results.items()})
+    table[concept] = {m: {k: r[k] for k in keys if k in r} for m, r in results.items()}
     path.write_text(json.dumps(table, indent=2) + "\n")
 
 
@@ -189,7 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--detector", default=f"yolo:{TOY_DETECTOR}", help="detector spec for the ICR")
     parser.add_argument("--base", help=f"base pipeline directory (default {TOY_BASE.relative_to(REPO)})")
     parser.add_argument("--methods", nargs="+", default=DEMO_METHODS, choices=list(METHODS), help="table rows")
-    parser.add_argument("--record", type=Path, help="merge the results into this JSON (benchmarks/toy_icr.json)")
+    parser.add_argument(
+        "--record",
+        type=Path,
+        help="write this run's table as the concept's in this JSON (benchmarks/toy_icr.json), replacing its old rows",
+    )
     parser.add_argument("--concept-rate", type=float, default=0.5, help="share of training images with the concept")
     parser.add_argument(
         "--toy",

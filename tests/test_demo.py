@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from erasure.demo import FULL_UNET_LR, METHODS, TOY_DETECTOR, main
+from erasure.demo import FULL_UNET_LR, METHODS, TOY_DETECTOR, _record, main
 
 
 @pytest.mark.slow
@@ -57,3 +57,14 @@ def test_demo_runs_the_whole_chain(tmp_path, tiny_sd_dir, tiny_latent_clip_dir):
     assert len(list((tmp_path / "runs").iterdir())) == 2
     with pytest.raises(SystemExit, match="other settings"):
         main([*argv[:-4], "--detector", "qr", *argv[-2:]])
+
+
+def test_record_replaces_the_concepts_table_and_keeps_the_others(tmp_path):
+    record = tmp_path / "toy_icr.json"
+    row = {"icr": 0.5, "ci95": [0.4, 0.6], "fidelity": 0.9, "fid": 3.0, "n": 200}
+    record.write_text(json.dumps({"watermark": {"naive": row, "naive_latent_clip": row}, "text": {"naive": row}}))
+    new = {"naive": {**row, "icr": 0.42, "images": "not recorded"}, "geom_erasing_plain": {**row, "icr": 0.01}}
+    _record(record, "watermark", new)
+    table = json.loads(record.read_text())
+    assert table["watermark"] == {"naive": {**row, "icr": 0.42}, "geom_erasing_plain": {**row, "icr": 0.01}}
+    assert table["text"] == {"naive": row}
