@@ -1,9 +1,10 @@
 """The main job on the built-in toy world: a model learns a watermark it was never told about, Geom-Erasing removes it.
 
     make demo                     # = python -m erasure.demo
-    python -m erasure.demo --concept text --num-images 2000 --train-steps 1500 --eval-images 200 \
-        --methods base naive naive_negative_prompt naive_sld_medium naive_sld_strong geom_erasing_plain geom_erasing \
-        geom_erasing_sld --out outputs/one_kind/text --record benchmarks/toy_icr.json   # the full table
+    python -m erasure.demo --concept text --concept-rate 0.6 --guidance-scale 1.5 --num-images 2000 \
+        --train-steps 2000 --eval-images 200 --methods base naive naive_negative_prompt naive_sld_medium \
+        naive_sld_strong geom_erasing_plain geom_erasing geom_erasing_sld --out outputs/r06/text \
+        --record benchmarks/toy_icr.json   # the full table, as benchmarks/RESULTS.md measured it
 
 1. ``icd build --one-kind``: a synthetic Implicit Concept Dataset where the concept (one logo in a corner, one
    banner word, one QR code; ``--world varied`` for the toy world's mix) is in about half the images, never named
