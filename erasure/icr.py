@@ -195,7 +195,10 @@ SAMPLING_FIELDS = (
 
 
 def _image_settings(settings: dict) -> dict:
-    """The cell settings that decide its images: the Latent-CLIP schedule only where there is a Latent-CLIP."""
+    """The cell settings that decide its images, sampling fields flattened so that a refusal names the one that
+    changed: the Latent-CLIP schedule only where there is a Latent-CLIP."""
+    sampling = {f"sampling.{k}": v for k, v in settings.get("sampling", {}).items()}
+    settings = {k: v for k, v in settings.items() if k != "sampling"} | sampling
     if settings.get("latent_clip") is None:
         return {k: v for k, v in settings.items() if not k.startswith("latent_guidance_")}
     return settings
