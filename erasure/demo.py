@@ -54,6 +54,8 @@ METHODS: dict[str, dict] = {
 }
 # Experiments 1 and 4 of the toy-world table, the two rows that fit the default demo's 15 minutes on a 2-core CPU.
 DEMO_METHODS = ["naive", "geom_erasing_plain"]
+# The rows whose sample grids the figure shows, when the table has them.
+FIGURE_GRIDS = ("base", "naive", "geom_erasing_plain", "geom_erasing")
 # Full-UNet fine-tunes of the toy base model: at 1e-3 the naive run learned the logo faster but lost a third of its
 # prompt fidelity (benchmarks/RESULTS.md, one-kind worlds).
 FULL_UNET_LR = 3e-4
@@ -120,7 +122,7 @@ def _figure(out: Path, results: dict, cells: list[str], concept: str) -> Path:
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    shown = [c for c in cells if c in ("base", "naive", "geom_erasing_plain", "geom_erasing")] or cells[:3]
+    shown = [c for c in cells if c in FIGURE_GRIDS] or cells[:3]
     fig, axes = plt.subplots(1, len(shown) + 1, figsize=(4 * (len(shown) + 1), 4))
     for ax, cell in zip(axes[:-1], shown, strict=True):
         paths = sorted((out / "icr" / cell / "images").glob("*.png"))[:16]
