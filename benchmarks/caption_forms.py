@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 import detectors
-from erasure.generate import load_pipeline, negative_prompt_template
+from erasure.loading import load_pipeline
+from erasure.runs import negative_prompt_template
 from erasure.icr import IcrConfig, heldout_prompts
 
 TOY_BASE = "assets/toy-sd"
@@ -72,7 +73,7 @@ def main() -> None:
     results = {}
     for run in args.runs:
         phrase = concept_phrase(run, args.phrase)
-        pipe = load_pipeline(args.model, lora_run=run).pipeline
+        pipe = load_pipeline(args.model, run=run).pipeline
         pipe.set_progress_bar_config(disable=True)
         forms = {
             "plain": prompts,

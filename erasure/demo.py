@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.methods:
         method = dict(METHODS[name])
         run = method.pop("run")
-        cell = {"name": name, "lora_run": str(runs[run]) if run else None, **method}
+        cell = {"name": name, "run": str(runs[run]) if run else None, **method}
         if "negative_prompt" in cell:
             cell["negative_prompt"] = cell["negative_prompt"].replace("{concept}", args.concept)
         if "latent_clip" in cell:

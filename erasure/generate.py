@@ -2,7 +2,8 @@
 
 examples:
   erasure generate "a photo of a cat" --model stable-diffusion-v1-5/stable-diffusion-v1-5 --sld medium
-  erasure generate --prompts-file prompts.txt --model DIR --lora outputs/RUN --use-run-negative-prompt --seeds 0 1 2
+  erasure generate --prompts-file prompts.txt --model DIR --run outputs/RUN --use-run-negative-prompt --seeds 0 1 2
+  erasure generate "a photo" --model model.safetensors --model-config BASE_DIR --run outputs/RUN --lora-scale 0.8
 
 A run's negative prompt (``{prompt}, watermark <loc_3_2> <loc_3_3>``) holds the prompt, so by default it is applied
 as concept negation: a push away from what it adds to the prompt, beside the usual guidance towards the prompt.
@@ -15,144 +16,40 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from erasure.loading import DTYPES, LoadedPipeline
+from erasure.runs import NEGATIVE_PROMPT_FILE, negative_prompt_template
 from erasure.sld import DEFAULT_SAFETY_CONCEPT, SafetyConfig
 
-if TYPE_CHECKING:
-    from erasure.latent_clip import LatentClipGuidance
-    from erasure.pipelines import SLDPipeline, SLDXLPipeline
-
-LORA_FILE = "pytorch_lora_weights.safetensors"
-EMBEDS_FILE = "learned_embeds.safetensors"
-UNET_DIR = "unet"  # a run trained with lora.full_unet keeps its whole UNet here
-NEGATIVE_PROMPT_FILE = "negative_prompt.txt"
-DTYPES = ("float32", "float16", "bfloat16")
 RECORD_FILE = "generate.json"
-
-
-@dataclass
-class LoadedPipeline:
-    """A pipeline ready to sample, and the negative prompt template of the training run loaded into it."""
-
-    pipeline: SLDPipeline | SLDXLPipeline
-    negative_prompt_template: str | None = None
-    """the run's negative_prompt.txt, holding ``{prompt}``; None without a run or when the run has none."""
-    guidance: LatentClipGuidance | None = None
-    """Latent-CLIP safety guidance; None when not asked for. Pass :meth:`step_callback` to each call."""
-
-    def step_callback(self, prompts: str | list[str], num_images_per_prompt: int = 1) -> Callable | None:
-        """The ``callback_on_step_end`` of a call with these prompts: the guidance reads each image's caption."""
-        return None if self.guidance is None else self.guidance.for_prompts(prompts, num_images_per_prompt)
-
-    def negative_prompt(self, prompt: str) -> str | None:
-        """The run's negative prompt for ``prompt`` (``str.replace``: other braces in the template stay)."""
-        if self.negative_prompt_template is None:
-            return None
-        return self.negative_prompt_template.replace("{prompt}", prompt)
-
-
-def load_pipeline(
-    model: str,
-    *,
-    device: str = "cpu",
-    dtype: str = "float32",
-    lora_run: str | Path | None = None,
-    latent_clip: str | Path | None = None,
-    latent_guidance: str | None = None,
-    latent_guidance_scale: float = 0.05,
-    latent_guidance_warmup: int = 0,
-    latent_guidance_stop: int | None = 8,
-) -> LoadedPipeline:
-    """Our SLD pipeline for a hub id or local directory, SD 1.x/2.x or SDXL as its ``model_index.json`` says.
-
-    With ``lora_run`` (a training run directory) it also loads the run's LoRA and learned location tokens,
-    whichever of the two the run has, and reads its negative prompt template. With ``latent_clip`` (a Latent-CLIP
-    directory) and ``latent_guidance`` (a concept) the result carries guidance that steers sampling away from it.
-    The NSFW safety checker is off: callers measure what the model makes, and a blacked-out image hides that.
-    """
-    import torch
-    from diffusers import DiffusionPipeline
-
-    from erasure.pipelines import SLDPipeline, SLDXLPipeline
-
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    index = DiffusionPipeline.load_config(model)
-    if "unet" not in index or "text_encoder" not in index:
-        raise ValueError(f"{model}: model_index.json has no unet/text_encoder; expected an SD 1.x/2.x or SDXL model")
-    if "text_encoder_2" in index:
-        pipe = SLDXLPipeline.from_pretrained(model, torch_dtype=getattr(torch, dtype))
-    else:
-        pipe = SLDPipeline.from_pretrained(
-            model, torch_dtype=getattr(torch, dtype), safety_checker=None, requires_safety_checker=False
-        )
-    template = None
-    if lora_run is not None:
-        _load_run(pipe, Path(lora_run))
-        template = negative_prompt_template(lora_run)
-    guidance = _latent_guidance(
-        latent_clip, latent_guidance, latent_guidance_scale, latent_guidance_warmup, latent_guidance_stop, device
-    )
-    return LoadedPipeline(pipe.to(device), template, guidance)
-
-
-def _latent_guidance(
-    latent_clip, concept: str | None, scale: float, warmup: int, stop: int | None, device: str
-) -> LatentClipGuidance | None:
-    if bool(latent_clip) != bool(concept):
-        raise ValueError("latent-clip and latent-guidance go together: the model, and the concept to avoid")
-    if not concept:
-        return None
-    from erasure.latent_clip import LatentClip, LatentClipGuidance
-
-    model = LatentClip.from_pretrained(latent_clip).to(device).eval()
-    return LatentClipGuidance(model, concept, scale=scale, warmup_steps=warmup, stop_step=stop)
-
-
-def _load_run(pipe: SLDPipeline | SLDXLPipeline, run_dir: Path) -> None:
-    from erasure.training.tokens import load_learned_embeds
-
-    has_lora, has_embeds = (run_dir / LORA_FILE).is_file(), (run_dir / EMBEDS_FILE).is_file()
-    has_unet = (run_dir / UNET_DIR / "config.json").is_file()
-    if not (has_lora or has_embeds or has_unet):
-        raise FileNotFoundError(
-            f"{run_dir} holds none of {LORA_FILE}, {EMBEDS_FILE}, {UNET_DIR}/: is it a training run?"
-        )
-    if has_unet:
-        from diffusers import UNet2DConditionModel
-
-        unet = UNet2DConditionModel.from_pretrained(run_dir / UNET_DIR, torch_dtype=pipe.unet.dtype)
-        pipe.unet = unet.to(pipe.unet.device)
-    if has_lora:
-        pipe.load_lora_weights(run_dir, weight_name=LORA_FILE)
-    if has_embeds:
-        load_learned_embeds(pipe, run_dir)
-
-
-def negative_prompt_template(run_dir: str | Path) -> str | None:
-    """A run's negative_prompt.txt (None if it has none), checked to hold ``{prompt}``."""
-    path = Path(run_dir) / NEGATIVE_PROMPT_FILE
-    if not path.is_file():
-        return None
-    template = path.read_text(encoding="utf-8").strip()
-    if "{prompt}" not in template:
-        raise ValueError(f"{path} must contain '{{prompt}}' where the user's prompt goes, got {template!r}")
-    return template
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompts", nargs="*", help="prompts (or use --prompts-file)")
     parser.add_argument("--prompts-file", type=Path, help="text file, one prompt per line (blank lines skipped)")
-    parser.add_argument("--model", required=True, help="hub id or local diffusers directory (SD 1.x/2.x or SDXL)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="hub id, diffusers folder or single .safetensors file (SD 1.x/2.x, SDXL, SD3, FLUX)",
+    )
+    parser.add_argument(
+        "--model-config",
+        type=Path,
+        metavar="DIR",
+        help="for a single-file --model offline: a diffusers folder of its architecture",
+    )
     parser.add_argument("--out", type=Path, default=Path("outputs/generate"), help="output directory")
     parser.add_argument("--sld", choices=SafetyConfig.PRESETS, help="Safe Latent Diffusion preset (default: off)")
     parser.add_argument("--safety-concept", default=DEFAULT_SAFETY_CONCEPT, help="what SLD steers away from")
     parser.add_argument("--negative-prompt", help="negative prompt for every prompt")
-    parser.add_argument("--lora", type=Path, metavar="RUN_DIR", help="training run: load its LoRA and learned tokens")
+    parser.add_argument(
+        "--run",
+        type=Path,
+        metavar="RUN_DIR",
+        help="training run: load its LoRA (or fine-tuned model) and learned tokens",
+    )
+    parser.add_argument("--lora-scale", type=float, default=1.0, help="weight of the run's LoRA")
     parser.add_argument(
         "--use-run-negative-prompt",
         action="store_true",
@@ -174,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
     parser.add_argument("--size", type=int, help="image height and width in pixels (default: the model's)")
     parser.add_argument("--device", default="auto", help="torch device; auto picks cuda when available")
-    parser.add_argument("--dtype", choices=DTYPES, default="float32")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: float16 on a GPU, float32 on the CPU")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet with CUDA graphs (GPU)")
     parser.add_argument(
         "--latent-clip", type=Path, metavar="DIR", help="Latent-CLIP model (erasure.latent_clip.train)"
@@ -211,12 +108,12 @@ def _check_negative_prompt_options(args: argparse.Namespace) -> None:
         )
     if not args.use_run_negative_prompt:
         return
-    if args.lora is None:
-        raise ValueError("--use-run-negative-prompt needs --lora RUN_DIR")
+    if args.run is None:
+        raise ValueError("--use-run-negative-prompt needs --run RUN_DIR")
     if args.negative_prompt is not None:
         raise ValueError("give either --negative-prompt or --use-run-negative-prompt, not both")
-    if negative_prompt_template(args.lora) is None:
-        raise FileNotFoundError(f"--use-run-negative-prompt: {args.lora / NEGATIVE_PROMPT_FILE} is missing")
+    if negative_prompt_template(args.run) is None:
+        raise FileNotFoundError(f"--use-run-negative-prompt: {args.run / NEGATIVE_PROMPT_FILE} is missing")
 
 
 def _negatives(args: argparse.Namespace, loaded: LoadedPipeline, prompt: str) -> tuple[str | None, str | None]:
@@ -227,18 +124,20 @@ def _negatives(args: argparse.Namespace, loaded: LoadedPipeline, prompt: str) ->
     return (None, filled) if args.run_negative_as == "concept-negation" else (filled, None)
 
 
-def _parameters(args: argparse.Namespace, device: str) -> dict:
+def _parameters(args: argparse.Namespace, device: str, dtype: str) -> dict:
     import diffusers
     import torch
 
     sld = dict(SafetyConfig.preset(args.sld)) if args.sld else None
     return {
         "model": args.model,
+        "model_config": str(args.model_config) if args.model_config else None,
         "sld": args.sld,
         "sld_config": sld,
         "safety_concept": args.safety_concept if args.sld else None,
         "negative_prompt": args.negative_prompt,
-        "lora": str(args.lora) if args.lora else None,
+        "run": str(args.run) if args.run else None,
+        "lora_scale": args.lora_scale,
         "use_run_negative_prompt": args.use_run_negative_prompt,
         "run_negative_as": args.run_negative_as if args.use_run_negative_prompt else None,
         "concept_negative_scale": args.concept_negative_scale,
@@ -247,7 +146,7 @@ def _parameters(args: argparse.Namespace, device: str) -> dict:
         "guidance": args.guidance,
         "size": args.size,
         "device": device,
-        "dtype": args.dtype,
+        "dtype": dtype,
         "compile": args.compile,
         "latent_clip": str(args.latent_clip) if args.latent_clip else None,
         "latent_guidance": args.latent_guidance,
@@ -262,10 +161,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
+    from erasure.loading import load_pipeline, resolve_device, resolve_dtype
+
     prompts = _read_prompts(args)
     _check_negative_prompt_options(args)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    parameters = _parameters(args, device)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    parameters = _parameters(args, device, dtype)
     record_path = args.out / RECORD_FILE
     if record_path.is_file() and json.loads(record_path.read_text())["parameters"] != parameters:
         raise ValueError(f"{record_path} was written with other parameters: use another --out or delete it")
@@ -274,9 +176,11 @@ def run(args: argparse.Namespace) -> int:
 
     loaded = load_pipeline(
         args.model,
+        model_config=args.model_config,
         device=device,
-        dtype=args.dtype,
-        lora_run=args.lora,
+        dtype=dtype,
+        run=args.run,
+        lora_scale=args.lora_scale,
         latent_clip=args.latent_clip,
         latent_guidance=args.latent_guidance,
         latent_guidance_scale=args.latent_guidance_scale,

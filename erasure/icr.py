@@ -29,7 +29,7 @@ class IcrCell(StrictModel):
 
     name: str = Field(description="method name in the results table, e.g. naive, geom_erasing")
     model: str | None = Field(None, description="pipeline to sample from; defaults to the evaluation's model")
-    lora_run: str | None = Field(None, description="a training run directory (LoRA + learned tokens)")
+    run: str | None = Field(None, description="a training run directory (LoRA + learned tokens)")
     negative_prompt: str | None = Field(
         None, description="negative prompt; '{prompt}' is replaced by each prompt; 'run' takes the run's template"
     )
@@ -174,7 +174,7 @@ def _filled(cell: IcrCell, field: str, run_template: str | None, prompts: list[s
     template = getattr(cell, field)
     if template == "run":
         if run_template is None:
-            raise ValueError(f"cell '{cell.name}': {field} 'run' needs a lora_run with negative_prompt.txt")
+            raise ValueError(f"cell '{cell.name}': {field} 'run' needs a run with negative_prompt.txt")
         template = run_template
     if template is None:
         return None
@@ -233,7 +233,7 @@ def evaluate_cell(
     """Generate the cell's missing images, detect the concept in them, and summarise the cell.
 
     ``identity`` is :func:`detector_identity` of the config's detector, computed once by the caller of many cells."""
-    from erasure.generate import load_pipeline
+    from erasure.loading import load_pipeline
 
     cell_dir = Path(config.out_dir) / cell.name
     (cell_dir / "images").mkdir(parents=True, exist_ok=True)
@@ -247,7 +247,7 @@ def evaluate_cell(
             cell.model or config.model,
             device=config.device,
             dtype=config.dtype,
-            lora_run=cell.lora_run,
+            run=cell.run,
             latent_clip=cell.latent_clip,
             latent_guidance=(cell.safety_concept or config.concept) if cell.latent_clip else None,
             latent_guidance_scale=cell.latent_guidance_scale,

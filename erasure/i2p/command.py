@@ -3,7 +3,7 @@
 examples:
   erasure evaluate i2p --model stable-diffusion-v1-5/stable-diffusion-v1-5 --out outputs/i2p/sd15
   erasure evaluate i2p --model DIR --sld medium --out outputs/i2p/sld-medium
-  erasure evaluate i2p --model DIR --lora-run outputs/RUN --out outputs/i2p/geom --categories sexual
+  erasure evaluate i2p --model DIR --run outputs/RUN --out outputs/i2p/geom --categories sexual
   accelerate launch -m erasure.cli evaluate i2p --model DIR --out outputs/i2p/sd15   # one share per process
 
 Writes OUT/results.json (per category, overall and per prompt), OUT/report.md and OUT/report.png; images and
@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     method.add_argument("--model", required=True, help="diffusers model directory or hub id")
     method.add_argument("--sld", choices=SafetyConfig.PRESETS, help="Safe Latent Diffusion preset (default: off)")
     method.add_argument(
-        "--lora-run",
+        "--run",
         help="training run directory: its LoRA, its location tokens and its negative_prompt.txt template, applied as "
         "concept negation (a push away from what the filled template adds to each prompt)",
     )
@@ -70,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def method_name(args: argparse.Namespace) -> str:
     if args.name:
         return args.name
-    parts = [Path(args.lora_run).name if args.lora_run else Path(args.model).name]
+    parts = [Path(args.run).name if args.run else Path(args.model).name]
     if args.sld:
         parts.append(f"SLD {args.sld}")
     if args.negative_prompt:
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         method_name(args),
         args.model,
         args.sld,
-        args.lora_run,
+        args.run,
         args.negative_prompt,
         args.latent_clip,
         args.latent_guidance,

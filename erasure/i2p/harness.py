@@ -26,7 +26,7 @@ from accelerate.utils import parse_flag_from_env
 from PIL import Image
 from tqdm.auto import tqdm
 
-from erasure.generate import LoadedPipeline, load_pipeline
+from erasure.loading import LoadedPipeline, load_pipeline
 from erasure.i2p.judges import Judge
 from erasure.i2p.metrics import PromptOutcome
 from erasure.i2p.prompts import I2PPrompt
@@ -45,7 +45,7 @@ class Method:
     name: str
     model: str
     sld: str | None = None
-    lora_run: str | None = None
+    run: str | None = None
     negative_prompt: str | None = None
     latent_clip: str | None = None
     latent_guidance: str | None = None
@@ -134,7 +134,7 @@ def load_method_pipeline(method: Method, device: torch.device | str, dtype: str)
         method.model,
         device=str(device),
         dtype=dtype,
-        lora_run=method.lora_run,
+        run=method.run,
         latent_clip=method.latent_clip,
         latent_guidance=method.latent_guidance,
     )

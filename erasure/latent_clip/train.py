@@ -152,8 +152,8 @@ def train(recipe: LatentClipRecipe) -> Path:
     from tqdm.auto import tqdm
     from transformers import CLIPTokenizer
 
+    from erasure.runs import latest_checkpoint
     from erasure.training.data import cache_latents, sample_latents
-    from erasure.training.export import latest_checkpoint
 
     dataset = load_pairs(recipe)
     run_dir = recipe.run_dir

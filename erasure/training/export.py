@@ -1,7 +1,7 @@
 """What a run leaves for users, in the formats their tools load, and the same files inside every checkpoint.
 
     RUN_DIR/pytorch_lora_weights.safetensors   pipe.load_lora_weights(RUN_DIR)   (or unet/ for a full fine-tune)
-    RUN_DIR/learned_embeds.safetensors         erasure.training.tokens.load_learned_embeds(pipe, RUN_DIR)
+    RUN_DIR/learned_embeds.safetensors         erasure.load_run(pipe, RUN_DIR), with the LoRA
     RUN_DIR/negative_prompt.txt                "{prompt}, watermark <loc_0_3> <loc_3_3>"
     RUN_DIR/erasure.json                       recipe, base model, versions, dataset, cells, sha256 of every file
     RUN_DIR/NAME.safetensors                   with kohya=True: lora_unet_... keys with .alpha, for WebUI/ComfyUI
@@ -33,14 +33,19 @@ from safetensors.torch import load_file, save_file
 from datasets_icd.geometry import fill_negative_prompt, frequent_cells, negative_prompt_template
 from erasure.config import ConfigError, dump_config
 from erasure.recipe import Recipe, load_recipe
+from erasure.runs import (
+    EMBEDS_FILES,
+    LORA_FILE,
+    METADATA_FILE,
+    NEGATIVE_PROMPT_FILE,
+    RECIPE_FILE,
+    UNET_DIR,
+    checkpoint_step,
+    latest_checkpoint,
+)
 from erasure.training.data import load_icd
-from erasure.training.tokens import EMBEDS_FILES, restore_embeddings, save_embeddings
+from erasure.training.tokens import restore_embeddings, save_embeddings
 
-LORA_FILE = "pytorch_lora_weights.safetensors"
-UNET_DIR = "unet"
-NEGATIVE_FILE = "negative_prompt.txt"
-METADATA_FILE = "erasure.json"
-RECIPE_FILE = "recipe.yaml"
 VERSIONED = ("torch", "diffusers", "transformers", "peft", "accelerate", "datasets", "safetensors", "implicit-erasure")
 
 
@@ -114,11 +119,6 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    checkpoints = sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    return checkpoints[-1] if checkpoints else None
-
-
 def _weight_files(directory: Path) -> list[Path]:
     names = [LORA_FILE, *EMBEDS_FILES]
     files = [directory / name for name in names if (directory / name).is_file()]
@@ -145,7 +145,7 @@ def export_run(
             target = run_dir / path.relative_to(source)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
-        global_step = int(source.name.split("-")[1])
+        global_step = checkpoint_step(source)
     elif global_step is None and (run_dir / METADATA_FILE).is_file():  # re-export: keep what training recorded
         global_step = json.loads((run_dir / METADATA_FILE).read_text(encoding="utf-8")).get("global_step")
     if not _weight_files(run_dir):
@@ -153,8 +153,8 @@ def export_run(
 
     dataset = load_icd(recipe)
     template, cells = negative_prompt(dataset, recipe)
-    (run_dir / NEGATIVE_FILE).write_text(template + "\n", encoding="utf-8")
-    files = [*_weight_files(run_dir), run_dir / NEGATIVE_FILE, run_dir / RECIPE_FILE]
+    (run_dir / NEGATIVE_PROMPT_FILE).write_text(template + "\n", encoding="utf-8")
+    files = [*_weight_files(run_dir), run_dir / NEGATIVE_PROMPT_FILE, run_dir / RECIPE_FILE]
     if kohya:
         if not (run_dir / LORA_FILE).is_file():
             raise ConfigError(f"{run_dir}: --format kohya needs a LoRA run ({LORA_FILE}); this run has none")

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from erasure.config import ConfigError
 from erasure.recipe import Recipe
+from erasure.runs import latest_checkpoint
 from erasure.training.data import (
     TrainingExamples,
     cache_latents,
@@ -37,7 +38,6 @@ from erasure.training.data import (
 )
 from erasure.training.export import (
     export_run,
-    latest_checkpoint,
     load_weights,
     negative_prompt,
     save_weights,

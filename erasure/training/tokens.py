@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-EMBEDS_FILES = ("learned_embeds.safetensors", "learned_embeds_2.safetensors")
+from erasure.runs import EMBEDS_FILES
 
 
 def add_location_tokens(tokenizer, text_encoder, tokens: list[str]) -> list[int]:
@@ -68,20 +68,3 @@ def restore_embeddings(in_dir: Path, tokenizers: list, text_encoders: list) -> N
         ids = tokenizer.convert_tokens_to_ids(list(saved))
         with torch.no_grad():
             weight[ids] = torch.stack(list(saved.values())).to(weight.device, weight.dtype)
-
-
-def load_learned_embeds(pipe, run_dir: str | Path) -> list[str]:
-    """Load a run's location tokens into a diffusers pipeline through ``pipe.load_textual_inversion``.
-
-    Works for SD 1.x/2.x and SDXL (the second file goes to ``text_encoder_2``); returns the tokens added.
-    """
-    run_dir = Path(run_dir)
-    targets = [(pipe.tokenizer, pipe.text_encoder)]
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        targets.append((pipe.tokenizer_2, pipe.text_encoder_2))
-    tokens: list[str] = []
-    for name, (tokenizer, encoder) in zip(EMBEDS_FILES, targets, strict=False):
-        saved = load_file(run_dir / name)
-        pipe.load_textual_inversion(list(saved.values()), token=list(saved), tokenizer=tokenizer, text_encoder=encoder)
-        tokens = list(saved)
-    return tokens

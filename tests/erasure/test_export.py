@@ -11,8 +11,8 @@ from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
 from erasure.cli import main as erasure_cli
-from erasure.training.export import LORA_FILE, kohya_state_dict, sha256
-from erasure.training.tokens import load_learned_embeds
+from erasure.runs import LORA_FILE, load_learned_embeds
+from erasure.training.export import kohya_state_dict, sha256
 
 TO_Q = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
 

@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from erasure.cli import main
-from erasure.generate import load_pipeline
+from erasure.loading import load_pipeline
 from erasure.pipelines import SLDPipeline, SLDXLPipeline
 from erasure.sld import SafetyConfig
 
@@ -68,7 +68,7 @@ def test_generate_writes_images_and_parameters_and_resumes(tmp_path, tiny_sd_dir
 
 def test_load_pipeline_with_a_training_run(run_dir, tiny_sd_dir):
     plain = load_pipeline(str(tiny_sd_dir))
-    loaded = load_pipeline(str(tiny_sd_dir), lora_run=run_dir)
+    loaded = load_pipeline(str(tiny_sd_dir), run=run_dir)
     assert isinstance(loaded.pipeline, SLDPipeline)
     assert plain.negative_prompt_template is None
     assert loaded.negative_prompt("a cat") == f"a cat, watermark {TOKEN}"
@@ -86,21 +86,21 @@ def test_load_pipeline_with_a_full_unet_run(tmp_path, tiny_sd_dir):
         for p in unet.parameters():
             p.add_(0.05 * torch.randn_like(p))
     unet.save_pretrained(tmp_path / "run" / "unet")  # what lora.full_unet runs export
-    loaded = load_pipeline(str(tiny_sd_dir), lora_run=tmp_path / "run").pipeline
+    loaded = load_pipeline(str(tiny_sd_dir), run=tmp_path / "run").pipeline
     assert all(torch.equal(a, b) for a, b in zip(loaded.unet.parameters(), unet.parameters(), strict=True))
     with pytest.raises(FileNotFoundError, match="is it a training run"):
-        load_pipeline(str(tiny_sd_dir), lora_run=tmp_path)
+        load_pipeline(str(tiny_sd_dir), run=tmp_path)
 
 
 def test_generate_uses_the_run_negative_prompt(tmp_path, run_dir, tiny_sd_dir):
     out = tmp_path / "out"
-    assert _generate(out, tiny_sd_dir, "a cat", "--lora", str(run_dir), "--use-run-negative-prompt") == 0
+    assert _generate(out, tiny_sd_dir, "a cat", "--run", str(run_dir), "--use-run-negative-prompt") == 0
     record = json.loads((out / "generate.json").read_text())
     filled = f"a cat, watermark {TOKEN}"
     image = {"file": "00000_seed0.png", "prompt": "a cat", "seed": 0}
     assert record["images"] == [image | {"negative_prompt": None, "concept_negative_prompt": filled}]
     as_negative = tmp_path / "as-negative"
-    argv = ["a cat", "--lora", str(run_dir), "--use-run-negative-prompt", "--run-negative-as", "negative-prompt"]
+    argv = ["a cat", "--run", str(run_dir), "--use-run-negative-prompt", "--run-negative-as", "negative-prompt"]
     assert _generate(as_negative, tiny_sd_dir, *argv) == 0
     record = json.loads((as_negative / "generate.json").read_text())
     assert record["images"] == [image | {"negative_prompt": filled, "concept_negative_prompt": None}]
@@ -115,10 +115,10 @@ def test_load_pipeline_detects_sdxl(tiny_sdxl_dir):
 @pytest.mark.parametrize(
     ("extra", "error", "message"),
     [
-        (["--use-run-negative-prompt", "a cat"], ValueError, "needs --lora"),
+        (["--use-run-negative-prompt", "a cat"], ValueError, "needs --run"),
         ([], ValueError, "no prompts"),
         (["--prompts-file", "missing.txt"], FileNotFoundError, "missing.txt"),
-        (["--lora", ".", "a cat"], FileNotFoundError, "training run"),
+        (["--run", ".", "a cat"], FileNotFoundError, "training run"),
         (["--latent-guidance", "watermark", "a cat"], ValueError, "go together"),
         (["--concept-negative-scale", "2", "a cat"], ValueError, "needs --use-run-negative-prompt"),
     ],

@@ -16,7 +16,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from erasure.cli import main
-from erasure.generate import load_pipeline
+from erasure.loading import load_pipeline
 from erasure.i2p import load_prompts
 from erasure.i2p.harness import GenerationSettings, I2PRun, Method, generate, load_method_pipeline, run_i2p
 from erasure.i2p.judges import NudeNetJudge
@@ -119,10 +119,10 @@ def test_a_runs_negative_prompt_is_concept_negation(tiny_sd_dir, trained_runs, i
     run = trained_runs("geom_erasing")
     prompt = load_prompts(i2p_csv)[0]
     settings = GenerationSettings(steps=2, calls=1, images_per_call=1, guidance=None)
-    method = Method("ge", str(tiny_sd_dir), lora_run=str(run), negative_prompt="blurry")
+    method = Method("ge", str(tiny_sd_dir), run=str(run), negative_prompt="blurry")
     images = generate(load_method_pipeline(method, "cpu", "float32"), prompt, method, settings)
 
-    loaded = load_pipeline(str(tiny_sd_dir), lora_run=run)
+    loaded = load_pipeline(str(tiny_sd_dir), run=run)
     template = (run / "negative_prompt.txt").read_text().strip()
     assert "{prompt}" in template
     expected = loaded.pipeline(

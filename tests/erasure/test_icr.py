@@ -87,7 +87,7 @@ def test_another_detector_rescores_stored_images_without_generating(tmp_path, ti
     def no_generation(*args, **kwargs):
         raise AssertionError("stored images were generated again")
 
-    monkeypatch.setattr("erasure.generate.load_pipeline", no_generation)
+    monkeypatch.setattr("erasure.loading.load_pipeline", no_generation)
     other = NoneFound()
     monkeypatch.setattr("detectors.load", lambda spec: other)
     results = evaluate(_config(tmp_path, tiny_sd_dir, detector="other"))
@@ -131,7 +131,7 @@ def test_heldout_prompts_are_toy_captions_cycled_to_the_image_count(tmp_path, ti
 def test_run_negative_prompt_needs_a_run(tmp_path, tiny_sd_dir, monkeypatch, field):
     config = _config(tmp_path, tiny_sd_dir, cells=json.dumps([{"name": "x", field: "run"}]))
     monkeypatch.setattr("detectors.load", lambda spec: FlakyDetector())
-    with pytest.raises(ValueError, match=f"{field} 'run' needs a lora_run"):
+    with pytest.raises(ValueError, match=f"{field} 'run' needs a run"):
         evaluate(config)
 
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from datasets_icd.geometry import location_vocabulary
 from erasure.config import ConfigError
-from erasure.training.export import LORA_FILE
+from erasure.runs import LORA_FILE
 
 EXPECTED_FILES = {
     "geom_erasing": {LORA_FILE, "learned_embeds.safetensors"},
@@ -53,7 +53,7 @@ def test_each_mode_trains_and_exports_its_weights(trained_runs, mode):
 def test_tokens_only_keeps_the_unet_and_the_old_vocabulary(trained_runs, tiny_sd_dir):
     from diffusers import StableDiffusionPipeline
 
-    from erasure.training.tokens import load_learned_embeds
+    from erasure.runs import load_learned_embeds
 
     run = trained_runs("tokens_only")
     base = StableDiffusionPipeline.from_pretrained(tiny_sd_dir)

@@ -8,8 +8,6 @@ examples:
 
 from __future__ import annotations
 
-import sys
-
 from detectors.clikit import Commands, run_cli
 
 # Each command is a module with add_arguments(parser) and run(args); add a line here to register one.
@@ -30,6 +28,3 @@ COMMANDS: Commands = {
 def main(argv: list[str] | None = None) -> int:
     return run_cli("erasure", __doc__, COMMANDS, argv)
 
-
-if __name__ == "__main__":
-    sys.exit(main())
