@@ -28,8 +28,9 @@ from tqdm.auto import tqdm
 
 from datasets_icd.features import ICD_FEATURES
 from datasets_icd.geometry import DEFAULT_CAPTION_TEMPLATE, DEFAULT_CONCEPT_TEMPLATE, DEFAULT_GRID, geom_caption
+from datasets_icd.paste import PasteConfig
 from datasets_icd.report import write_report
-from datasets_icd.sources import SkippedItem, Source, SourceItem, open_source
+from datasets_icd.sources import PastedSource, SkippedItem, Source, SourceItem, open_source
 from datasets_icd.toyworld import ToyWorldConfig
 
 SHARD_BYTES = 500 * 2**20  # parquet shard size, as the hub's own uploads cut them
@@ -49,6 +50,7 @@ class BuildConfig(BaseModel):
     concept_template: str = DEFAULT_CONCEPT_TEMPLATE
     caption_template: str = DEFAULT_CAPTION_TEMPLATE
     toy: ToyWorldConfig = Field(default_factory=ToyWorldConfig, description="the toy world, for synthetic")
+    paste: PasteConfig | None = Field(None, description="concepts pasted onto a folder's or dataset's images")
     image_column: str = "image"
     caption_column: str | None = None
     split: str = "train"
@@ -154,9 +156,10 @@ class ChunkBuilder:
 
 
 def make_source(config: BuildConfig) -> Source:
-    return open_source(
+    source = open_source(
         config.source, config.num_images, config.toy, config.image_column, config.caption_column, config.split
     )
+    return PastedSource(source, config.paste) if config.paste else source
 
 
 def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
@@ -184,8 +187,14 @@ def build(config: BuildConfig, out: str | Path, num_proc: int = 1, resume: bool 
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    if config.source.startswith(("folder:", "hf:")) and not config.detectors:
-        raise ValueError(f"source '{config.source}' has no ground truth: name detectors with --detectors")
+    real = config.source.startswith(("folder:", "hf:"))
+    if config.paste and not real:
+        raise ValueError(f"--paste needs real images: use a folder:PATH or hf:NAME source, not '{config.source}'")
+    if real and not config.detectors and not config.paste:
+        raise ValueError(
+            f"source '{config.source}' has no ground truth: name detectors with --detectors, or paste concepts with "
+            "--paste"
+        )
     out = Path(out)
     work = out / "work"
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # PartialState skips that flag by itself

@@ -6,6 +6,8 @@ examples:
   icd build --source synthetic --concepts watermark=0.5 --toy watermark_logo_rate=1 watermark_tiled_rate=0 \
       "position_priors={watermark: {bottom_right: 1}}" --out outputs/icd-one-logo
   icd build --source folder:photos --detectors qr ocr --num-proc 4 --out outputs/photos-icd
+  icd build --source folder:photos --paste watermark=0.5 text=0.3 qrcode=0.2 \
+      --paste-config split=heldout repeats=4 jpeg_rate=0.8 --out outputs/photos-pasted
   icd build --source hf:outputs/my-dataset --caption-column caption --detectors yolo:runs/wm.pt --out outputs/x
   accelerate launch -m datasets_icd.cli build --source folder:photos --detectors qr --out /shared/icd
 
@@ -22,6 +24,7 @@ import yaml
 
 from datasets_icd.build import BuildConfig, build
 from datasets_icd.geometry import DEFAULT_GRID
+from datasets_icd.paste import PasteConfig
 from datasets_icd.toyworld import ToyWorldConfig, one_kind_settings
 
 
@@ -33,6 +36,31 @@ def _pairs(values: list[str], option: str) -> list[tuple[str, str | None]]:
             raise ValueError(f"{option} '{value}' should be NAME or NAME=VALUE")
         pairs.append((key, rest if sep else None))
     return pairs
+
+
+def _settings(values: list[str], option: str) -> dict:
+    """``FIELD=VALUE`` pairs with YAML values, as --toy and --paste-config take them."""
+    settings = dict(_pairs(values, option))
+    if None in settings.values():
+        raise ValueError(f"{option} {values}: every setting needs a value, FIELD=VALUE")
+    try:
+        return {key: yaml.safe_load(value) for key, value in settings.items()}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{option} {values}: a value is not YAML: {err}") from None
+
+
+def _paste_config(args: argparse.Namespace) -> PasteConfig | None:
+    if not args.paste:
+        if args.paste_config:
+            raise ValueError("--paste-config needs --paste NAME=RATE ... to say what to paste")
+        return None
+    rates = {}
+    for name, rate in _pairs(args.paste, "--paste"):
+        try:
+            rates[name] = float(rate)
+        except (TypeError, ValueError):
+            raise ValueError(f"--paste '{name}' needs a rate between 0 and 1, e.g. --paste {name}=0.5") from None
+    return PasteConfig(**{**_settings(args.paste_config, "--paste-config"), "rates": rates})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +89,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="synthetic: each concept of one kind: one logo in the bottom-right corner, the word 'sale' at the top, "
         "one QR code (datasets_icd.toyworld.ONE_KIND); --toy settings apply on top",
     )
+    parser.add_argument(
+        "--paste",
+        nargs="+",
+        metavar="NAME=RATE",
+        help="folder/hf: paste concepts onto the images at these rates (watermark, text, qrcode); the pasted boxes "
+        "are the ground truth (datasets_icd.paste)",
+    )
+    parser.add_argument(
+        "--paste-config",
+        nargs="+",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="with --paste: other settings (datasets_icd.paste.PasteConfig fields, YAML values), "
+        "e.g. split=heldout repeats=4 'jpeg_quality=[30, 70]'",
+    )
     parser.add_argument("--image-column", default="image", help="hf: the image column")
     parser.add_argument("--caption-column", help="hf/folder: the caption column (default text, then caption)")
     parser.add_argument("--split", default="train", help="hf: the split")
@@ -73,13 +116,7 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
     rates = ToyWorldConfig().concept_rates
     if concepts is not None and args.source == "synthetic":
         rates = {name: float(rate) if rate is not None else rates.get(name, 0.0) for name, rate in concepts}
-    settings = dict(_pairs(args.toy, "--toy"))
-    if None in settings.values():
-        raise ValueError(f"--toy {args.toy}: every setting needs a value, FIELD=VALUE")
-    try:
-        settings = {key: yaml.safe_load(value) for key, value in settings.items()}
-    except yaml.YAMLError as err:
-        raise ValueError(f"--toy {args.toy}: a value is not YAML: {err}") from None
+    settings = _settings(args.toy, "--toy")
     if args.one_kind:
         settings = one_kind_settings([name for name, rate in rates.items() if rate > 0]) | settings
     toy = ToyWorldConfig(**{**settings, "size": args.size, "seed": args.seed, "concept_rates": rates})
@@ -91,6 +128,7 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
         grid=args.grid,
         phrases={name: phrase or name for name, phrase in _pairs(args.phrase, "--phrase")},
         toy=toy,
+        paste=_paste_config(args),
         image_column=args.image_column,
         caption_column=args.caption_column,
         split=args.split,

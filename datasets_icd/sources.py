@@ -19,6 +19,7 @@ from typing import Protocol
 
 from PIL import Image
 
+from datasets_icd.paste import PasteConfig, Paster
 from datasets_icd.toyworld import ToyWorld, ToyWorldConfig
 from detectors.images import UnreadableImageError, open_image
 
@@ -226,6 +227,35 @@ class HFSource:
         except (UnreadableImageError, TypeError, AttributeError) as err:
             raise SkippedItem(f"unreadable image: {err}") from err
         return SourceItem(source_id, image, str(row[self.caption_column] or "").strip())
+
+
+class PastedSource:
+    """Another source's images with concepts pasted on (``datasets_icd.paste``), ``repeats`` versions of each:
+    the pasted boxes are the ground truth."""
+
+    def __init__(self, source: Source, config: PasteConfig) -> None:
+        self.source = source
+        self.paster = Paster(config)
+        self.repeats = config.repeats
+        self.name = f"{source.name}+paste"
+        self.skipped = source.skipped
+        self._last: tuple[int, SourceItem] | None = None  # the versions of an image are consecutive: decode it once
+
+    def __len__(self) -> int:
+        return len(self.source) * self.repeats
+
+    def source_id(self, index: int) -> str:
+        base = self.source.source_id(index // self.repeats)
+        return base if self.repeats == 1 else f"{base}#{index % self.repeats}"
+
+    def load(self, index: int) -> SourceItem:
+        base = index // self.repeats
+        if self._last is None or self._last[0] != base:
+            self._last = (base, self.source.load(base))
+        item = self._last[1]
+        source_id = self.source_id(index)
+        image, concepts = self.paster.paste(item.image, source_id)
+        return SourceItem(source_id, image, item.caption, concepts, image_format=item.image_format)
 
 
 def open_source(
