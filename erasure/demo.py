@@ -311,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             f"num_inference_steps={args.steps}",
             f"batch_size={args.batch_size}",
             f"guidance_scale={args.guidance_scale}",
+            "allow_toy_prompts=true",  # the demo samples the toy world's captions whatever --model is
             *checker,
         ],
     )

@@ -23,13 +23,16 @@ from tqdm.auto import tqdm
 
 from erasure.config import StrictModel
 
+TOY_MODEL_MARKER = "toy_base.json"  # written by erasure.toy_base next to a toy-world model's model_index.json
+
 
 class IcrCell(StrictModel):
     """One method to measure."""
 
     name: str = Field(description="method name in the results table, e.g. naive, geom_erasing")
     model: str | None = Field(None, description="pipeline to sample from; defaults to the evaluation's model")
-    run: str | None = Field(None, description="a training run directory (LoRA + learned tokens)")
+    run: str | None = Field(None, description="a training run directory (LoRA or fine-tuned model + learned tokens)")
+    lora_scale: float = Field(1.0, description="weight of the run's LoRA")
     negative_prompt: str | None = Field(
         None, description="negative prompt; '{prompt}' is replaced by each prompt; 'run' takes the run's template"
     )
@@ -56,19 +59,27 @@ class IcrConfig(StrictModel):
     detector: str = Field(
         description="detector spec for detectors.load, e.g. yolo:assets/detectors/toy_yolo.safetensors"
     )
-    model: str = Field(description="base pipeline directory or hub id")
+    model: str = Field(description="base pipeline: diffusers directory, hub id or single .safetensors file")
+    pipeline_config: str | None = Field(
+        None, description="for a single-file model offline: a diffusers folder of the same architecture"
+    )
     cells: list[IcrCell] = Field(description="the methods to compare")
     out_dir: str = Field("outputs/icr", description="where images, detections and results go")
     num_images: int = Field(200, ge=1, description="images per cell, one per held-out prompt and seed pair")
     prompts: list[str] = Field(default_factory=list, description="prompts; empty: held-out toy-world captions")
+    allow_toy_prompts: bool = Field(
+        False,
+        description="sample toy-world captions from a model that is not a toy-world model (one without "
+        "toy_base.json, e.g. a tiny test model); a real model on toy captions measures nothing",
+    )
     prompt_seed: int = Field(10_000, description="toy-world seed of the held-out captions (training used others)")
     seed: int = Field(0, description="image i is sampled from a generator seeded with seed + i")
     num_inference_steps: int = Field(25, ge=1)
     guidance_scale: float = Field(7.5, ge=0)
     resolution: int | None = Field(None, ge=8, description="image side; defaults to the model's")
     batch_size: int = Field(8, ge=1)
-    device: str = Field("cpu")
-    dtype: str = Field("float32")
+    device: str = Field("auto", description="torch device; auto: cuda when a GPU is present, else cpu")
+    dtype: str = Field("auto", description="float32, float16, bfloat16; auto: float16 on a GPU, float32 on a CPU")
     checker: str | None = Field(
         None, description="toy checker directory (erasure.toy_checker): adds prompt fidelity and toy FID per cell"
     )
@@ -88,6 +99,18 @@ def _heldout_world(config: IcrConfig):
     from datasets_icd.toyworld import ToyWorld, ToyWorldConfig
 
     return ToyWorld(ToyWorldConfig(seed=config.prompt_seed, concept_rates={}))
+
+
+def check_prompts(config: IcrConfig) -> None:
+    """Toy-world captions are for toy-world models: refuse a real model on them unless told."""
+    models = {config.model} | {cell.model for cell in config.cells if cell.model}
+    foreign = [m for m in models if not (Path(m) / TOY_MODEL_MARKER).is_file()]
+    if not config.prompts and foreign and not config.allow_toy_prompts:
+        raise ValueError(
+            f"model {foreign[0]} is not a toy-world model (no {TOY_MODEL_MARKER}) and no prompts are given: "
+            "held-out toy captions measure nothing on it. Give prompts (prompts=[...] or a YAML list), or set "
+            "allow_toy_prompts=true"
+        )
 
 
 def heldout_prompts(config: IcrConfig) -> list[str]:
@@ -233,7 +256,7 @@ def evaluate_cell(
     """Generate the cell's missing images, detect the concept in them, and summarise the cell.
 
     ``identity`` is :func:`detector_identity` of the config's detector, computed once by the caller of many cells."""
-    from erasure.loading import load_pipeline
+    from erasure.loading import default_resolution, load_pipeline
 
     cell_dir = Path(config.out_dir) / cell.name
     (cell_dir / "images").mkdir(parents=True, exist_ok=True)
@@ -245,9 +268,11 @@ def evaluate_cell(
     if todo:
         loaded = load_pipeline(
             cell.model or config.model,
+            model_config=config.pipeline_config,
             device=config.device,
             dtype=config.dtype,
             run=cell.run,
+            lora_scale=cell.lora_scale,
             latent_clip=cell.latent_clip,
             latent_guidance=(cell.safety_concept or config.concept) if cell.latent_clip else None,
             latent_guidance_scale=cell.latent_guidance_scale,
@@ -256,7 +281,7 @@ def evaluate_cell(
         )
         pipe, run_template = loaded.pipeline, loaded.negative_prompt_template
         pipe.set_progress_bar_config(disable=True)
-        size = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+        size = config.resolution or default_resolution(pipe)
         extra = {"sld": cell.sld, "safety_concept": cell.safety_concept or config.concept} if cell.sld else {}
         if cell.concept_negative_scale is not None:
             extra["concept_negative_scale"] = cell.concept_negative_scale
@@ -305,6 +330,11 @@ def evaluate_cell(
 def evaluate(config: IcrConfig) -> dict[str, dict]:
     """Every cell of the table, in order; writes ``icr.json`` and ``icr.md`` into ``out_dir``."""
     import detectors
+    from erasure.loading import resolve_device, resolve_dtype
+
+    check_prompts(config)
+    device = resolve_device(config.device)
+    config = config.model_copy(update={"device": device, "dtype": resolve_dtype(config.dtype, device)})
 
     detector = detectors.load(config.detector)
     prompts = heldout_prompts(config)

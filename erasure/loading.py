@@ -120,6 +120,13 @@ def from_pretrained_any(cls: type, model: str | Path, model_config: str | Path |
     return cls.from_single_file(str(model), config=str(model_config), local_files_only=True, **kwargs)
 
 
+def default_resolution(pipe: Any) -> int:
+    """The image side a pipeline makes when none is asked for (UNet pipelines and transformer ones alike)."""
+    if getattr(pipe, "unet", None) is not None:
+        return pipe.unet.config.sample_size * pipe.vae_scale_factor
+    return pipe.default_sample_size * pipe.vae_scale_factor
+
+
 @dataclass
 class LoadedPipeline:
     """A pipeline ready to sample, and the training run loaded into it."""

@@ -96,3 +96,22 @@ def draw_tiny_icd():
 def train_tiny():
     """``train_tiny(workdir, model_dir, icd_dir, *overrides, kind="sd")`` → TrainResult of a 4-step run."""
     return _train_tiny
+
+
+@pytest.fixture
+def guidance_rewards(monkeypatch):
+    """Every guided Latent-CLIP step of the test as (concept reward before, after): a push the wrong way shows."""
+    from erasure.latent_clip import LatentClipGuidance
+
+    steps: list[tuple[float, float]] = []
+    push = LatentClipGuidance.push
+
+    def recording(self, latents, step):
+        pushed = push(self, latents, step)
+        if not (pushed == latents).all():
+            before, after = self.reward(latents), self.reward(pushed)
+            steps.extend(zip(before.tolist(), after.tolist(), strict=True))
+        return pushed
+
+    monkeypatch.setattr(LatentClipGuidance, "push", recording)
+    return steps

@@ -134,7 +134,9 @@ def test_unknown_preset_lists_the_valid_ones(tmp_path, tiny_sd_dir, capsys):
     assert "weak" in capsys.readouterr().err
 
 
-def test_generate_with_latent_clip_guidance_changes_the_images(tmp_path, tiny_sd_dir, tiny_latent_clip_dir):
+def test_generate_with_latent_clip_guidance_steers_away_from_the_concept(
+    tmp_path, tiny_sd_dir, tiny_latent_clip_dir, guidance_rewards
+):
     assert _generate(tmp_path / "plain", tiny_sd_dir, "a cat") == 0
     guided = [
         "--latent-clip",
@@ -150,5 +152,6 @@ def test_generate_with_latent_clip_guidance_changes_the_images(tmp_path, tiny_sd
     plain = np.asarray(Image.open(tmp_path / "plain" / "00000_seed0.png"), dtype=np.float32)
     steered = np.asarray(Image.open(tmp_path / "guided" / "00000_seed0.png"), dtype=np.float32)
     assert np.abs(plain - steered).max() > 0
+    assert guidance_rewards and all(after < before for before, after in guidance_rewards)
     record = json.loads((tmp_path / "guided" / "generate.json").read_text())["parameters"]
     assert record["latent_guidance"] == "watermark" and record["latent_guidance_warmup"] == 0

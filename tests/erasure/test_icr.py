@@ -1,11 +1,12 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from detectors import Detection
 from erasure.config import load_config
-from erasure.icr import IcrConfig, evaluate, heldout_prompts, markdown_table, wilson_interval
+from erasure.icr import IcrConfig, check_prompts, evaluate, heldout_prompts, markdown_table, wilson_interval
 
 
 @pytest.mark.parametrize(
@@ -43,6 +44,7 @@ def _config(tmp_path, tiny_sd_dir, **extra):
         "num_images=4",
         "batch_size=2",
         "num_inference_steps=2",
+        "allow_toy_prompts=true",
     ] + [f"{k}={v}" for k, v in extra.items()]
     return load_config(IcrConfig, None, overrides)
 
@@ -175,13 +177,20 @@ def test_a_latent_clip_cell_with_another_schedule_is_refused(tmp_path, tiny_sd_d
         evaluate(_config(tmp_path, tiny_sd_dir, cells=json.dumps(cells), num_images=2))
 
 
+def test_a_real_model_on_toy_captions_is_refused_unless_allowed(tmp_path, tiny_sd_dir):
+    with pytest.raises(ValueError, match="not a toy-world model"):
+        evaluate(_config(tmp_path, tiny_sd_dir, allow_toy_prompts="false"))
+    check_prompts(_config(tmp_path, tiny_sd_dir, prompts='["a photo"]', allow_toy_prompts="false"))
+    check_prompts(_config(tmp_path, Path("assets/toy-sd"), allow_toy_prompts="false"))
+
+
 def test_markdown_table_shows_quality_when_measured():
     results = {"a": {"icr": 0.25, "ci95": [0.1, 0.4], "n": 8, "fidelity": 0.9, "fid": 1.5}}
     assert "| a | 25.0% | [10.0, 40.0] | 90.0% | 1.50 | 8 |" in markdown_table("qrcode", results)
 
 
 def test_a_latent_clip_cell_guides_sampling_away_from_the_concept(
-    tmp_path, tiny_sd_dir, tiny_latent_clip_dir, monkeypatch
+    tmp_path, tiny_sd_dir, tiny_latent_clip_dir, monkeypatch, guidance_rewards
 ):
     import numpy as np
     from PIL import Image
@@ -199,3 +208,4 @@ def test_a_latent_clip_cell_guides_sampling_away_from_the_concept(
         np.asarray(Image.open(tmp_path / c / "images" / "00000.png"), dtype=float) for c in ("plain", "guided")
     )
     assert np.abs(plain - steered).max() > 0
+    assert guidance_rewards and all(after < before for before, after in guidance_rewards)
