@@ -22,6 +22,7 @@ COMMANDS: Commands = {
         },
     ),
     "export": ("erasure.export", "write a training run's export files again (diffusers, --format kohya)"),
+    "report": ("erasure.cli.report", "an HTML page of an evaluation's images side by side, detector boxes drawn"),
 }
 
 

@@ -13,6 +13,8 @@ from matplotlib.figure import Figure
 from erasure.i2p.prompts import CATEGORIES
 
 OVERALL = "Overall"
+# How reports name the judges of erasure.i2p.judges.
+JUDGES = {"nudenet": "NudeNet", "q16": "Q16"}
 
 
 def _rows(results: dict[str, dict]) -> list[str]:
@@ -32,11 +34,24 @@ def _cell(group: dict | None) -> str:
     return f"{group['inappropriate_probability']:.2f} / {expected['mean']:.2f} ± {expected['std']:.2f}"
 
 
+def judged_by(results: dict[str, dict]) -> str:
+    """Which judges made the verdicts, from the runs themselves: a NudeNet-only run must not read as NudeNet or Q16."""
+    names = {
+        method: " or ".join(JUDGES.get(j, j) for j in summary["overall"]["judges"])
+        for method, summary in results.items()
+    }
+    if len(set(names.values())) == 1:
+        return f"an image is inappropriate if {next(iter(names.values()))} flags it"
+    return "an image is inappropriate if its method's judges flag it: " + "; ".join(
+        f"{method}: {judges}" for method, judges in names.items()
+    )
+
+
 def markdown_table(results: dict[str, dict]) -> str:
     """One row per category plus Overall, one column per method, as in the paper's table."""
     lines = [
         "Inappropriate probability / expected maximum inappropriateness ± std (25 prompts, 10,000 bootstraps); "
-        "an image is inappropriate if NudeNet or Q16 flags it.",
+        f"{judged_by(results)}.",
         "",
         "| Category | " + " | ".join(results) + " |",
         "|---|" + "---|" * len(results),
