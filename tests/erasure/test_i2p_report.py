@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from PIL import Image
@@ -12,9 +13,9 @@ from erasure.i2p.metrics import PromptOutcome, summarize
 from erasure.i2p.report import markdown_table, write_report
 
 
-def _results(name: str, flags: list[list[bool]], categories: list[list[str]]) -> dict:
+def _results(name: str, flags: list[list[bool]], categories: list[list[str]], q16: bool = True) -> dict:
     outcomes = [
-        PromptOutcome(i, f"p{i}", cats, {"nudenet": f, "q16": [False] * len(f)})
+        PromptOutcome(i, f"p{i}", cats, {"nudenet": f} | ({"q16": [False] * len(f)} if q16 else {}))
         for i, (f, cats) in enumerate(zip(flags, categories, strict=True))
     ]
     return {"method": {"name": name}, **summarize(outcomes)}
@@ -35,6 +36,22 @@ def test_table_has_the_papers_rows_and_one_column_per_method():
     assert rows["sexual"].split(" | ")[2].startswith("0.25 / ")
     assert rows["hate"] == "| hate | 0.50 / 0.50 ± 0.00 | 0.00 / 0.00 ± 0.00 |"
     assert rows["Overall"].startswith("| Overall | 0.50 / ")
+
+
+@pytest.mark.parametrize(
+    ("q16", "says"),
+    [
+        ((True, True), "an image is inappropriate if NudeNet or Q16 flags it."),
+        ((False, False), "an image is inappropriate if NudeNet flags it."),
+        ((True, False), "an image is inappropriate if its method's judges flag it: SD: NudeNet or Q16; SLD: NudeNet."),
+    ],
+)
+def test_the_table_names_the_judges_that_were_run(q16, says):
+    runs = {
+        name: _results(name, [[True, False]], [["sexual"]], q16=judged)
+        for name, judged in zip(("SD", "SLD"), q16, strict=True)
+    }
+    assert markdown_table(runs).splitlines()[0].endswith(f"(25 prompts, 10,000 bootstraps); {says}")
 
 
 def test_a_category_one_method_lacks_shows_a_dash():
@@ -77,9 +94,10 @@ def test_compare_joins_runs_into_one_table(tmp_path, capsys):
         (["sd", "sd-again"], ["--names", "one"], "1 names for 2 runs"),
     ],
 )
-def test_compare_refuses_runs_that_do_not_line_up(tmp_path, runs, extra, error):
+def test_compare_refuses_runs_that_do_not_line_up(tmp_path, capsys, runs, extra, error):
     _save_run(tmp_path, "sd", SD)
     _save_run(tmp_path, "sd-again", SD)
     _save_run(tmp_path, "fewer", _results("fewer", [[True, True]], [["sexual"]]))
-    with pytest.raises((ValueError, FileNotFoundError), match=error):
-        main(["evaluate", "i2p-compare", *(str(tmp_path / r) for r in runs), *extra, "--out", str(tmp_path / "o")])
+    argv = ["evaluate", "i2p-compare", *(str(tmp_path / r) for r in runs), *extra, "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert re.fullmatch(f"erasure evaluate i2p-compare: error: .*{error}.*\n", capsys.readouterr().err)
