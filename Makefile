@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := tesseract-ocr libzbar0 fonts-dejavu-core
+APT_PACKAGES := tesseract-ocr libzbar0 fonts-dejavu-core chromium
 export HF_HUB_OFFLINE ?= 1
 export YOLO_OFFLINE ?= 1
 
@@ -11,13 +11,17 @@ export YOLO_OFFLINE ?= 1
 
 setup: system-deps $(STAMP)
 
-# Detectors need tesseract and zbar from Debian; install them only when missing.
+# Detectors need tesseract and zbar from Debian, the report test chromium. Installs only the packages dpkg does not
+# list as installed, says which before asking for sudo, and needs no apt at all when every one is there.
 system-deps:
-	@if ! command -v tesseract >/dev/null || ! ldconfig -p | grep -q libzbar.so.0 \
-	   || [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then \
-	  echo "installing Debian packages: $(APT_PACKAGES)"; \
+	@if ! command -v dpkg-query >/dev/null; then \
+	  echo "not a Debian system: install the equivalents of $(APT_PACKAGES) yourself"; exit 0; fi; \
+	missing=$$(for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages with apt-get:" $$missing; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $(APT_PACKAGES); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
 $(STAMP): pyproject.toml constraints.txt
