@@ -5,9 +5,15 @@
     RUN_DIR/negative_prompt.txt                "{prompt}, watermark <loc_0_3> <loc_3_3>"
     RUN_DIR/erasure.json                       recipe, base model, versions, dataset, cells, sha256 of every file
     RUN_DIR/NAME.safetensors                   with kohya=True: lora_unet_... keys with .alpha, for WebUI/ComfyUI
+    RUN_DIR/webui/                             with webui=True: the location tokens as WebUI/ComfyUI embeddings
+                                               and the negative prompt as each UI reads it (erasure.webui)
+    FILE.safetensors                           with single_file=FILE: the base model with the run merged in, in
+                                               the original Stable Diffusion layout (erasure.checkpoint_file)
 
 The LoRA is written by diffusers' own ``save_lora_weights`` with peft's adapter config as metadata, so an alpha
-that differs from the rank loads back with the right scale.
+that differs from the rank loads back with the right scale. The kohya file follows kohya-ss sd-scripts
+(``networks/lora.py``): ``lora_unet_`` + the module path with ``_`` for ``.``, in diffusers' UNet names for SD 1.x
+and in the original (sgm) names for SDXL, whose kohya UNet is the original one; ``.alpha`` scales by alpha / rank.
 """
 
 from __future__ import annotations
@@ -15,13 +21,15 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
 from datasets import Dataset
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
 from diffusers.utils import (
     convert_state_dict_to_diffusers,
     convert_state_dict_to_kohya,
@@ -31,7 +39,9 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
 from datasets_icd.geometry import fill_negative_prompt, frequent_cells, negative_prompt_template
+from erasure.checkpoint_file import save_single_file, unet_original_name
 from erasure.config import ConfigError, dump_config
+from erasure.loading import load_pipeline
 from erasure.recipe import Recipe, load_recipe
 from erasure.runs import (
     EMBEDS_FILES,
@@ -45,6 +55,7 @@ from erasure.runs import (
 )
 from erasure.training.data import load_icd
 from erasure.training.tokens import restore_embeddings, save_embeddings
+from erasure.webui import WEBUI_DIR, write_webui_files
 
 VERSIONED = ("torch", "diffusers", "transformers", "peft", "accelerate", "datasets", "safetensors", "implicit-erasure")
 
@@ -102,10 +113,20 @@ def negative_prompt(dataset: Dataset, recipe: Recipe) -> tuple[str, dict[str, li
     return template, cells
 
 
-def kohya_state_dict(lora_file: Path, alpha: float) -> dict[str, torch.Tensor]:
-    """diffusers LoRA file → kohya keys (``lora_unet_..._to_q.lora_down.weight``) with each module's ``.alpha``."""
+def kohya_state_dict(
+    lora_file: Path, alpha: float, original_unet_config: dict | None = None
+) -> dict[str, torch.Tensor]:
+    """diffusers LoRA file → kohya keys (``lora_unet_..._to_q.lora_down.weight``) with each module's ``.alpha``.
+
+    With ``original_unet_config`` (SDXL's UNet config) the modules get their original names
+    (``lora_unet_input_blocks_4_1_...``), as kohya's SDXL LoRAs have them.
+    """
     saved = load_file(lora_file)
+    if not all(k.startswith("unet.") for k in saved):
+        raise ValueError(f"{lora_file}: only UNet LoRA weights are written in the kohya format, not text encoders")
     peft_keys = convert_unet_state_dict_to_peft({k.removeprefix("unet."): v for k, v in saved.items()})
+    if original_unet_config is not None:
+        peft_keys = {unet_original_name(k, original_unet_config): v for k, v in peft_keys.items()}
     kohya = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in peft_keys.items()})
     # diffusers' converter writes alpha = rank (scale 1); ours may differ, and WebUI scales by alpha / rank.
     return {k: torch.tensor(float(alpha)) if k.endswith(".alpha") else v.contiguous() for k, v in kohya.items()}
@@ -125,18 +146,64 @@ def _weight_files(directory: Path) -> list[Path]:
     return files + sorted(p for p in (directory / UNET_DIR).glob("*") if p.is_file())
 
 
-def export_run(
-    run_dir: str | Path, checkpoint: str | Path | None = None, kohya: bool = False, global_step: int | None = None
-) -> dict:
-    """Write negative prompt, metadata (and the kohya file) next to a run's weights; returns the metadata.
+def merged_pipeline(run_dir: Path, recipe: Recipe) -> Any:
+    """The base model with the run in its weights (the LoRA fused at its trained scale, or the fine-tuned UNet).
 
-    ``checkpoint`` (a directory, or "latest") first copies that checkpoint's weights into the run directory,
-    e.g. to export a run that was stopped before its last step.
+    The learned token rows are cut off again: a single-file checkpoint has no tokenizer to name them, so they go in
+    embedding files (:mod:`erasure.webui`).
     """
-    run_dir = Path(run_dir)
+    loaded = load_pipeline(recipe.model.pretrained, device="cpu", dtype="float32", run=run_dir)
+    pipe, run = loaded.pipeline, loaded.run
+    if run.weights == "lora":
+        pipe.fuse_lora()
+        pipe.unload_lora_weights()
+    for encoder in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+        if encoder is not None and run.tokens:  # the tokens are the last rows: load_textual_inversion appends them
+            encoder.resize_token_embeddings(encoder.get_input_embeddings().num_embeddings - len(run.tokens))
+    return pipe
+
+
+def _write_kohya(run_dir: Path, recipe: Recipe) -> Path:
+    if not (run_dir / LORA_FILE).is_file():
+        raise ConfigError(f"{run_dir}: --format kohya needs a LoRA run ({LORA_FILE}); this run has none")
+    unet_config = None
+    if recipe.model.kind == "sdxl":
+        unet_config = UNet2DConditionModel.load_config(recipe.model.pretrained, subfolder="unet")
+    kohya_file = run_dir / f"{recipe.name}.safetensors"
+    save_file(kohya_state_dict(run_dir / LORA_FILE, recipe.lora.alpha or recipe.lora.rank, unet_config), kohya_file)
+    return kohya_file
+
+
+def run_recipe(run_dir: Path) -> Recipe:
+    """The resolved recipe a run was trained with; a clear error when ``run_dir`` is not a run."""
     if not (run_dir / RECIPE_FILE).is_file():
         raise ConfigError(f"{run_dir}: no {RECIPE_FILE}; expected a run directory written by train.py")
-    recipe = load_recipe(run_dir / RECIPE_FILE)
+    return load_recipe(run_dir / RECIPE_FILE)
+
+
+def default_single_file(run_dir: Path) -> Path:
+    """``RUN/webui/NAME-merged.safetensors``: the merged checkpoint, beside the embeddings it needs."""
+    return run_dir / WEBUI_DIR / f"{run_recipe(run_dir).name}-merged.safetensors"
+
+
+def export_run(
+    run_dir: str | Path,
+    checkpoint: str | Path | None = None,
+    kohya: bool = False,
+    global_step: int | None = None,
+    webui: bool = False,
+    single_file: str | Path | None = None,
+) -> dict:
+    """Write negative prompt, metadata and, on request, the files WebUI/ComfyUI users load; returns the metadata.
+
+    ``checkpoint`` (a directory, or "latest") first copies that checkpoint's weights into the run directory,
+    e.g. to export a run that was stopped before its last step. ``kohya``: the LoRA as ``NAME.safetensors``.
+    ``webui``: that LoRA (for a LoRA run), and the location tokens as embeddings with the negative prompt spelled for
+    each UI, in ``webui/``. ``single_file``: the base model with the run merged in, as one original-layout checkpoint
+    at that path, and the embeddings of ``webui/`` to go beside it.
+    """
+    run_dir = Path(run_dir)
+    recipe = run_recipe(run_dir)
     if checkpoint is not None:
         source = latest_checkpoint(run_dir) if checkpoint == "latest" else Path(checkpoint)
         if source is None or not source.is_dir():
@@ -155,12 +222,12 @@ def export_run(
     template, cells = negative_prompt(dataset, recipe)
     (run_dir / NEGATIVE_PROMPT_FILE).write_text(template + "\n", encoding="utf-8")
     files = [*_weight_files(run_dir), run_dir / NEGATIVE_PROMPT_FILE, run_dir / RECIPE_FILE]
-    if kohya:
-        if not (run_dir / LORA_FILE).is_file():
-            raise ConfigError(f"{run_dir}: --format kohya needs a LoRA run ({LORA_FILE}); this run has none")
-        kohya_file = run_dir / f"{recipe.name}.safetensors"
-        save_file(kohya_state_dict(run_dir / LORA_FILE, recipe.lora.alpha or recipe.lora.rank), kohya_file)
-        files.append(kohya_file)
+    if kohya or (webui and (run_dir / LORA_FILE).is_file()):
+        files.append(_write_kohya(run_dir, recipe))
+    if webui or single_file is not None:
+        files += write_webui_files(run_dir, recipe.name)
+    if single_file is not None:
+        files.append(save_single_file(merged_pipeline(run_dir, recipe), single_file))
 
     metadata = {
         "recipe": dump_config(recipe),
@@ -169,7 +236,7 @@ def export_run(
         "versions": {name: importlib.metadata.version(name) for name in VERSIONED},
         "dataset": {"path": recipe.data.dataset, "fingerprint": dataset._fingerprint, "num_rows": len(dataset)},
         "negative_prompt": {"template": template, "frequent_cells": cells},
-        "files": {str(path.relative_to(run_dir)): sha256(path) for path in files},
+        "files": {os.path.relpath(path, run_dir): sha256(path) for path in files},  # a single file may be outside
     }
     (run_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
     return metadata
