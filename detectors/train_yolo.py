@@ -36,11 +36,18 @@ CLASSES = ("watermark", "qrcode", "text")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, type=Path, help="an ICD directory written with save_to_disk")
     parser.add_argument("--out", required=True, type=Path, help="output directory")
-    parser.add_argument("--model", default="yolov8n.yaml", help="ultralytics architecture yaml (default yolov8n.yaml)")
+    parser.add_argument(
+        "--model",
+        default="yolov8n.yaml",
+        help="ultralytics architecture yaml (default yolov8n.yaml); with --init, the init weights' own architecture",
+    )
     parser.add_argument("--classes", nargs="+", default=list(CLASSES), help="concepts to learn, in class order")
     parser.add_argument("--imgsz", type=int, default=64, help="training and inference image size")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument(
+        "--hours", type=float, default=None, help="train for this long instead (ultralytics fits the epochs to it)"
+    )
     parser.add_argument("--val-fraction", type=float, default=0.1, help="last rows held out for validation")
     parser.add_argument("--num-images", type=int, default=None, help="use only the first N rows")
     parser.add_argument("--device", default=None, help='"cpu", "0" for the first GPU; default: GPU when present')
@@ -48,7 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue OUT/train from its last checkpoint")
     parser.add_argument(
-        "--init", type=Path, default=None, help="start from these train-yolo weights (.safetensors), not random"
+        "--init",
+        type=Path,
+        default=None,
+        help="start from these weights (.safetensors from train-yolo or convert-yolo), not random",
     )
     parser.add_argument(
         "--negatives",
@@ -139,16 +149,38 @@ def add_vae_views(model: str, out: Path, batch_size: int = 64) -> int:
     return sum(1 for _ in labels.glob("vae-*.txt"))
 
 
-def _init_checkpoint(weights: Path, out: Path, classes: list[str]) -> str:
-    """Ultralytics fine-tunes from a ``pretrained`` checkpoint path; write ours (safetensors) in its format."""
+def _init_checkpoint(weights: Path, out: Path, classes: list[str]) -> tuple[str, str]:
+    """Ultralytics fine-tunes from a ``pretrained`` checkpoint path and a model yaml: write both from our
+    safetensors. Weights of other classes (converted COCO weights, say) keep every layer but the class branch of
+    the head, which starts fresh; the same classes in another order are refused, as a slip that would swap labels."""
     import torch
+    from ultralytics.nn.tasks import DetectionModel
 
     model, _ = load_yolo_model(weights)
-    if list(model.names.values()) != list(classes):
-        raise SystemExit(f"{weights}: classes {list(model.names.values())} differ from --classes {classes}")
+    # The init's own architecture, whatever --model says. Ultralytics reads a yaml's scale (n, s, ...) from its file
+    # name, and takes the first of ``scales`` when the name has none: keep the name and only the init's scale.
+    spec = {**model.yaml, "nc": len(classes)}
+    if spec.get("scale") in spec.get("scales", {}):
+        spec["scales"] = {spec["scale"]: spec["scales"][spec["scale"]]}
+    names = list(model.names.values())
+    if names != list(classes):
+        if sorted(names) == sorted(classes):
+            raise SystemExit(f"{weights}: classes {names} differ from --classes {classes}: give them in that order")
+        print(f"{weights}: classes {names} are not --classes {classes}: the class branch of the head starts fresh")
+        # Hand ultralytics a model already of the new classes: left to itself it keeps the old class branch's
+        # width, which the architecture in our header could not rebuild.
+        fresh = DetectionModel(cfg=spec, nc=len(classes), verbose=False)
+        state = fresh.state_dict()
+        state.update({k: v for k, v in model.float().state_dict().items() if k in state and v.shape == state[k].shape})
+        fresh.load_state_dict(state)
+        fresh.names = dict(enumerate(classes))
+        model = fresh
+    out.mkdir(parents=True, exist_ok=True)
     path = out / "init.pt"
     torch.save({"model": model.float()}, path)
-    return str(path)
+    architecture = out / f"init-{Path(spec.get('yaml_file', 'yolo.yaml')).name}"
+    architecture.write_text(yaml.safe_dump(spec))
+    return str(path), str(architecture)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -174,11 +206,14 @@ def run(args: argparse.Namespace) -> int:
             model.train(resume=True)
         else:
             # False: the yaml's random init; a path: fine-tune those weights (no warm-up from them)
-            init = False if args.init is None else _init_checkpoint(args.init, args.out, args.classes)
-            model = YOLO(args.model, task="detect")
+            init, architecture = False, args.model
+            if args.init is not None:
+                init, architecture = _init_checkpoint(args.init, args.out, args.classes)
+            model = YOLO(architecture, task="detect")
             model.train(
                 data=str(data_yaml),
                 epochs=args.epochs,
+                **({} if args.hours is None else {"time": args.hours}),
                 imgsz=args.imgsz,
                 batch=args.batch,
                 device=args.device,

@@ -1,8 +1,9 @@
 """YOLO: an ultralytics detection model whose class names map to concepts, run in batches on a chosen device.
 
-Weights are the ``.safetensors`` file that ``detectors train-yolo`` writes: the tensors plus, in the header,
-the architecture (ultralytics' model yaml as JSON) and the class names. Ultralytics' own ``.pt`` checkpoints are
-pickles, which this toolkit never loads from users; the file format keeps that promise.
+Weights are the ``.safetensors`` file that ``detectors train-yolo`` (or ``detectors convert-yolo``) writes: the
+tensors plus, in the header, the architecture (ultralytics' model yaml as JSON) and the class names. Ultralytics'
+own ``.pt`` checkpoints are pickles, which this toolkit never loads from users; the file format keeps that promise
+(``convert-yolo`` opens one only when the user asks, for a file they trust).
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ os.environ.setdefault("YOLO_OFFLINE", "1")  # before ultralytics is imported: no
 FORMAT = "implicit-erasure/ultralytics-detect"
 
 
-def save_yolo(model: torch.nn.Module, path: str | Path, imgsz: int) -> Path:
+def save_yolo(model: torch.nn.Module, path: str | Path, imgsz: int, metadata: dict[str, str] | None = None) -> Path:
     """Write an ultralytics ``DetectionModel`` as safetensors with its architecture, class names and the image
-    size it was trained at (the size inference should use)."""
+    size it was trained at (the size inference should use); ``metadata`` adds header fields (provenance)."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -35,13 +36,14 @@ def save_yolo(model: torch.nn.Module, path: str | Path, imgsz: int) -> Path:
         for k, v in model.state_dict().items()
     }
     names = [model.names[i] for i in range(len(model.names))]
-    metadata = {
+    header = {
+        **(metadata or {}),
         "format": FORMAT,
         "architecture": json.dumps(model.yaml),
         "names": json.dumps(names),
         "imgsz": str(imgsz),
     }
-    save_file(state, str(path), metadata=metadata)
+    save_file(state, str(path), metadata=header)
     return path
 
 
@@ -55,7 +57,8 @@ def load_yolo_model(path: str | Path) -> tuple[torch.nn.Module, int]:
     if path.suffix != ".safetensors":
         raise ValueError(
             f"{path}: YOLO weights must be a .safetensors file written by `detectors train-yolo` "
-            "(ultralytics .pt checkpoints are pickles and are not loaded)"
+            "(ultralytics .pt checkpoints are pickles and are not loaded; convert one you trust with "
+            "`detectors convert-yolo`)"
         )
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such YOLO weights file")

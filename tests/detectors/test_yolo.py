@@ -120,11 +120,23 @@ def test_vae_views_twin_each_training_image_with_its_labels(tmp_path, tiny_sd_di
     assert (images / "vae-0000000.png").stat().st_mtime_ns == first
 
 
-def test_train_yolo_refuses_init_weights_of_other_classes(tmp_path, random_yolo_weights, save_toy_icd):
+def _error(argv: list[str], capsys) -> str:
+    """The message a refused command gives, whether the CLI exits with it or prints it and returns 2."""
+    try:
+        code = main(argv)
+    except SystemExit as refusal:
+        return str(refusal.code)
+    assert code == 2
+    return capsys.readouterr().err
+
+
+def test_train_yolo_refuses_init_weights_of_the_same_classes_in_another_order(
+    tmp_path, capsys, random_yolo_weights, save_toy_icd
+):
     save_toy_icd(tmp_path / "icd", num_images=4, size=64, seed=1, concept_rates=TOY_RATES)
     argv = ["train-yolo", "--dataset", str(tmp_path / "icd"), "--out", str(tmp_path / "yolo")]
-    with pytest.raises(SystemExit, match="differ from --classes"):
-        main([*argv, "--init", str(random_yolo_weights), "--classes", "text", "watermark", "qrcode"])
+    argv += ["--init", str(random_yolo_weights), "--classes", "text", "watermark", "qrcode"]
+    assert "differ from --classes" in _error(argv, capsys)
 
 
 def test_evaluate_cli_writes_json_and_markdown(tmp_path, save_toy_icd):
@@ -137,3 +149,56 @@ def test_evaluate_cli_writes_json_and_markdown(tmp_path, save_toy_icd):
     assert report["concepts"]["qrcode"]["ground_truth"] == truth > 0
     assert report["concepts"]["qrcode"]["recall"] == 1.0
     assert "| qrcode |" in (tmp_path / "r.md").read_text()
+
+
+def _ultralytics_checkpoint(path: Path, seed: int) -> Path:
+    """A .pt as ultralytics writes it (pickled model, 80 COCO-style classes), built from the yaml, offline."""
+    from ultralytics import YOLO
+
+    torch.manual_seed(seed)
+    YOLO("yolov8n.yaml").save(path)
+    return path
+
+
+def test_convert_yolo_writes_the_checkpoints_tensors_as_safetensors(tmp_path, capsys, no_network):
+    checkpoint = _ultralytics_checkpoint(tmp_path / "model.pt", seed=3)
+    out = tmp_path / "model.safetensors"
+    assert main(["convert-yolo", str(checkpoint), "--out", str(out)]) == 0
+    assert "only on .pt files you trust" in capsys.readouterr().out
+    model, imgsz = load_yolo_model(out)
+    original = torch.load(checkpoint, weights_only=False)["model"]  # our own file, made just above
+    assert imgsz == 640 and len(model.names) == 80
+    pairs = zip(model.state_dict().values(), original.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b.half().to(a.dtype) if b.is_floating_point() else b) for a, b in pairs)
+    assert load(f"yolo:{out}:0=watermark?device=cpu").concepts[-1] == "watermark"
+    with pytest.raises(ValueError, match="convert-yolo"):  # the spec itself still refuses the pickle
+        load(f"yolo:{checkpoint}")
+    assert no_network == []
+
+
+def test_convert_yolo_help_and_bad_input_say_what_is_wrong(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["convert-yolo", "--help"])
+    assert "ONLY CONVERT FILES YOU TRUST" in capsys.readouterr().out
+    out = str(tmp_path / "m.safetensors")
+    assert "no such checkpoint" in _error(["convert-yolo", str(tmp_path / "missing.pt"), "--out", out], capsys)
+    torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "linear.pt")
+    message = _error(["convert-yolo", str(tmp_path / "linear.pt"), "--out", out], capsys)
+    assert "not an ultralytics detection model" in message
+
+
+@pytest.mark.slow
+def test_train_yolo_fine_tunes_converted_weights_of_other_classes(tmp_path, no_network, save_toy_icd):
+    checkpoint = _ultralytics_checkpoint(tmp_path / "coco.pt", seed=11)
+    assert main(["convert-yolo", str(checkpoint), "--out", str(tmp_path / "coco.safetensors")]) == 0
+    save_toy_icd(tmp_path / "icd", num_images=20, size=64, seed=1, concept_rates=TOY_RATES)
+    argv = ["train-yolo", "--dataset", str(tmp_path / "icd"), "--out", str(tmp_path / "yolo"), "--epochs", "1"]
+    argv += ["--init", str(tmp_path / "coco.safetensors"), "--model", "yolov8s.yaml"]  # --init's architecture wins
+    assert main([*argv, "--batch", "8", "--workers", "0", "--device", "cpu"]) == 0
+    tuned, _ = load_yolo_model(tmp_path / "yolo" / "yolo.safetensors")
+    converted, _ = load_yolo_model(tmp_path / "coco.safetensors")
+    assert list(tuned.names.values()) == ["watermark", "qrcode", "text"]
+    first = "model.0.conv.weight"
+    assert tuned.state_dict()[first].shape == converted.state_dict()[first].shape  # still a yolov8n
+    assert (tuned.state_dict()[first].float() - converted.state_dict()[first].float()).abs().mean() < 0.01
+    assert no_network == []
