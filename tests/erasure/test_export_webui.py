@@ -11,7 +11,8 @@ What the UIs expect, as read in their source:
   words starting with ``embedding:`` name embeddings, trailing commas stripped.
 - kohya-ss sd-scripts ``networks/lora.py`` (``LoRANetwork.create_modules``): ``lora_unet_`` + module path with ``_``,
   ``.lora_down`` / ``.lora_up`` / ``.alpha``, scale alpha / rank; SDXL's kohya UNet has the original block names
-  (``library/sdxl_original_unet.py``), which ComfyUI's ``comfy/lora.py`` ``model_lora_keys_unet`` maps as well.
+  (``library/sdxl_original_unet.py``): WebUI's ``extensions-builtin/Lora/networks.py`` (``load_network``) takes SDXL
+  keys as original names, and ComfyUI's ``comfy/lora.py`` (``model_lora_keys_unet``) maps both namings.
 
 The independent readers run here: diffusers' ``load_textual_inversion`` (the A1111 single-tensor format),
 ``load_lora_weights`` on a kohya file (``diffusers/loaders/lora_conversion_utils.py``:
@@ -160,6 +161,7 @@ def test_single_file_and_embeddings_sample_as_the_run(mode, trained_runs, tiny_s
     """The merged checkpoint (LoRA fused, or the full UNet) plus the embedding files = the base model + load_run."""
     run_dir = trained_runs(mode)
     out = tmp_path / "merged.safetensors"
+    assert erasure_cli(["export", str(run_dir), "--out", str(out)]) == 2  # --out is for --format single-file only
     assert erasure_cli(["export", str(run_dir), "--format", "single-file", "--out", str(out)]) == 0
     assert "cannot live in it" in capsys.readouterr().out
 
