@@ -381,9 +381,11 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from erasure.config import load_config
+    from erasure.evaluation.report import write_html_report
 
     config = load_config(IcrConfig, args.config, args.overrides)
     results = evaluate(config)
     print(markdown_table(config.concept, results))
     print(f"results: {Path(config.out_dir) / 'icr.json'}")
+    print(f"report: {write_html_report(config.out_dir)}")
     return 0

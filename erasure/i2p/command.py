@@ -18,6 +18,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from erasure.evaluation.report import write_html_report
 from erasure.generate import DTYPES
 from erasure.i2p.harness import GenerationSettings, Method, process_state, run_i2p
 from erasure.i2p.judges import JUDGE_NAMES, Q16_CLIP, Q16_PROMPTS, MissingWeightsError, load_judges
@@ -116,4 +117,5 @@ def run(args: argparse.Namespace) -> int:
     (args.out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     write_report({method.name: results}, args.out)
     print(markdown_table({method.name: results}))
+    print(f"report: {write_html_report(args.out)}")
     return 0

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from detectors import Detection
 from erasure.cli import main
 from erasure.evaluation.report import icr_rows, write_html_report
 from erasure.icr import wilson_interval
@@ -262,3 +263,33 @@ def test_the_i2p_page_renders_in_chromium(tmp_path, chromium):
     assert chromium.problems(session) == []
     assert chromium.evaluate(session, "document.querySelectorAll('td.tile[data-flagged=true] rect').length") == 1
     assert chromium.evaluate(session, "document.scripts.length") == 1
+
+
+class FirstImageFlagged:
+    """A detector that finds a watermark in the first image of each call."""
+
+    concepts = ("watermark",)
+
+    def detect(self, images):
+        return [[Detection("watermark", 0.5, (2, 2, 20, 12))] if i == 0 else [] for i in range(len(images))]
+
+
+def test_evaluate_icr_writes_the_report_of_its_table(tmp_path, tiny_sd_dir, monkeypatch, capsys, chromium):
+    monkeypatch.setattr("detectors.load", lambda spec: FirstImageFlagged())
+    cells = '[{name: plain}, {name: negative, negative_prompt: "{prompt}, watermark"}]'
+    overrides = [
+        f"model={tiny_sd_dir}",
+        f"out_dir={tmp_path}",
+        "num_images=2",
+        "num_inference_steps=2",
+        f"cells={cells}",
+    ]
+    config = tmp_path / "icr.yaml"
+    config.write_text(f"concept: watermark\ndetector: stub\nprompts: ['{PROMPTS[0]}', a cat]\n")
+    assert main(["evaluate", "icr", "--config", str(config), *overrides]) == 0
+    assert f"report: {tmp_path / 'report.html'}" in capsys.readouterr().out
+    session = chromium.open((tmp_path / "report.html").as_uri())
+    assert chromium.problems(session) == []
+    assert chromium.evaluate(session, "document.getElementById('shown').textContent") == "2 of 2 rows"
+    flagged = "[...document.querySelectorAll('td.tile[data-flagged=true]')].map(t => t.cellIndex)"
+    assert chromium.evaluate(session, flagged) == [1, 2]  # the first pair, in both methods' columns
