@@ -115,26 +115,40 @@ def _train(args: argparse.Namespace, mode: str, base: str, dataset: Path, resolu
     return run_dir
 
 
-def _figure(out: Path, results: dict, cells: list[str], concept: str) -> Path:
+def _figure(out: Path, results: dict, cells: list[str], concept: str, pairs: int = 4) -> Path:
+    """The first ``pairs`` held-out prompt and seed pairs, each across the shown methods with the detector's boxes,
+    beside the ICR bars: the same pair side by side is where a method's effect shows."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
     from PIL import Image
 
+    from erasure.evaluation.report import icr_rows
+
     shown = [c for c in cells if c in FIGURE_GRIDS] or cells[:3]
-    fig, axes = plt.subplots(1, len(shown) + 1, figsize=(4 * (len(shown) + 1), 4))
-    for ax, cell in zip(axes[:-1], shown, strict=True):
-        paths = sorted((out / "icr" / cell / "images").glob("*.png"))[:16]
-        tiles = [Image.open(p).convert("RGB") for p in paths]
-        side = tiles[0].width
-        grid = Image.new("RGB", (4 * side, 4 * side), "white")
-        for i, tile in enumerate(tiles):
-            grid.paste(tile, ((i % 4) * side, (i // 4) * side))
-        ax.imshow(grid)
-        ax.set_title(f"{cell}: ICR {100 * results[cell]['icr']:.0f}%")
-        ax.axis("off")
-    ax = axes[-1]
+    rows = icr_rows(out / "icr", {c: results[c] for c in shown})[:pairs]
+    fig = plt.figure(figsize=(3 * len(shown) + 5, 3 * len(rows) + 0.6), layout="constrained")
+    grid = fig.add_gridspec(len(rows), len(shown) + 1, width_ratios=[3] * len(shown) + [5])
+    for r, row in enumerate(rows):
+        for c, cell in enumerate(shown):
+            ax = fig.add_subplot(grid[r, c], xticks=[], yticks=[])
+            if r == 0:
+                ax.set_title(f"{cell}\nICR {100 * results[cell]['icr']:.0f}%")
+            if c == 0:
+                ax.set_ylabel(textwrap.fill(textwrap.shorten(row.prompt, 80), 30) + f"\n{row.about}", fontsize=8)
+            tile = row.tiles.get(cell)
+            if tile is None:
+                continue
+            ax.imshow(Image.open(tile.image).convert("RGB"), interpolation="nearest")
+            for found in tile.boxes:  # pixel i spans [i - 0.5, i + 0.5] in imshow's coordinates
+                x0, y0, x1, y1 = found["box"]
+                ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color="red", linewidth=2))
+                ax.text(x0 - 0.5, y0 - 0.5, f"{found['score']:.2f}", color="white", backgroundcolor="red", fontsize=8)
+    ax = fig.add_subplot(grid[:, -1])
     icr = [100 * results[c]["icr"] for c in cells]
     errors = [
         [100 * (results[c]["icr"] - results[c]["ci95"][0]) for c in cells],
@@ -143,9 +157,8 @@ def _figure(out: Path, results: dict, cells: list[str], concept: str) -> Path:
     colours = ["#999" if c == "base" else "#c44" if c.startswith("naive") else "#48c" for c in cells]
     ax.bar(range(len(cells)), icr, yerr=errors, capsize=4, color=colours)
     ax.set_xticks(range(len(cells)), cells, rotation=30, ha="right")
-    ax.set_ylabel(f"{concept} ICR (%)")
+    ax.set_ylabel(f"{concept} ICR (%), 95% Wilson interval")
     ax.set_ylim(0, 100)
-    fig.tight_layout()
     path = out / "demo.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -250,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from datasets_icd.cli import main as icd_main
     from erasure.config import load_config
+    from erasure.evaluation.report import write_html_report
     from erasure.icr import IcrConfig, evaluate, markdown_table
 
     base, trained_base = _base_model(args.out, args.base)
@@ -329,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         _record(args.record, args.concept, results)
     print(markdown_table(args.concept, results))
     print(f"[demo] figure: {figure}\n[demo] results: {args.out / 'demo.json'}")
+    print(f"[demo] report: {write_html_report(args.out)}")
     return 0
 
 
