@@ -65,7 +65,11 @@ class TrainSection(StrictModel):
     lr_scheduler: str = Field("constant", description="any diffusers.optimization scheduler name")
     lr_warmup_steps: int = Field(0, ge=0, description="scheduler warm-up steps")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
-    mixed_precision: MixedPrecision = Field("no", description="accelerate mixed precision")
+    mixed_precision: MixedPrecision | None = Field(
+        None,
+        description="accelerate mixed precision: no | fp16 | bf16; null takes the launcher's "
+        "(accelerate launch --mixed_precision, or accelerate config), a value here wins over it",
+    )
     gradient_checkpointing: bool = Field(False, description="trade compute for UNet activation memory")
     use_8bit_adam: bool = Field(False, description="bitsandbytes AdamW8bit (CUDA only)")
     snr_gamma: float | None = Field(None, gt=0, description="Min-SNR loss weighting gamma (5.0 is typical)")

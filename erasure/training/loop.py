@@ -57,6 +57,7 @@ class TrainResult:
     global_step: int
     finished: bool  # False when the run stopped at train.stop_at_step before max_steps
     num_processes: int
+    mixed_precision: str  # what the run trained in: the recipe's, or the launcher's when the recipe leaves it unset
 
 
 class NoiseSource:
@@ -137,13 +138,18 @@ def train(recipe: Recipe) -> TrainResult:
     parts.vae.requires_grad_(False)
     unet_params = trainable_unet_parameters(parts.unet, recipe)
 
-    # Frozen weights in the compute dtype, trained ones in fp32 (what mixed precision expects to scale).
+    # Frozen weights in the compute dtype, trained ones in fp32 (what mixed precision expects to scale). An encoder
+    # whose token rows train stays fp32 whole, as in diffusers' textual inversion: a half-precision layer after an
+    # fp32 embedding row is a dtype mix that CPU autocast does not resolve.
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     parts.vae.to(accelerator.device)  # fp32: it only encodes each image once, and SDXL's VAE overflows in fp16
     parts.unet.to(accelerator.device, dtype=weight_dtype)
     for encoder in parts.text_encoders:
-        encoder.to(accelerator.device, dtype=weight_dtype)
-    cast_training_params([parts.unet, *parts.text_encoders], dtype=torch.float32)
+        encoder.to(accelerator.device, dtype=torch.float32 if tokens else weight_dtype)
+    cast_training_params(parts.unet, dtype=torch.float32)
+    # What the UNet's frozen weights are stored in: its inputs are cast to it (a full fine-tune is all fp32; fp16 on a
+    # CPU gets no autocast from accelerate, so nothing else would reconcile the two).
+    unet_dtype = torch.float32 if recipe.lora.full_unet else weight_dtype
     if recipe.train.gradient_checkpointing:
         parts.unet.enable_gradient_checkpointing()
         if tokens:
@@ -240,7 +246,7 @@ def train(recipe: Recipe) -> TrainResult:
         for batch in batches:
             with accelerator.accumulate(*trained):
                 generator = noise_source.generator
-                latents = sample_latents(batch["latent_dist"], parts.vae.config, generator).to(weight_dtype)
+                latents = sample_latents(batch["latent_dist"], parts.vae.config, generator).to(unet_dtype)
                 noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
                 timesteps = torch.randint(
                     0,
@@ -254,7 +260,7 @@ def train(recipe: Recipe) -> TrainResult:
                 if recipe.train.caption_dropout > 0:  # no draw at 0, so runs without it keep their noise sequence
                     input_ids = drop_captions(input_ids, batch["dropped_ids"], recipe.train.caption_dropout, generator)
                 with torch.set_grad_enabled(bool(tokens)):
-                    hidden, added = encode_prompts(encoders, input_ids, recipe.data.resolution)
+                    hidden, added = encode_prompts(encoders, input_ids, recipe.data.resolution, unet_dtype)
                 if scheduler.config.prediction_type == "epsilon":
                     target = noise
                 elif scheduler.config.prediction_type == "v_prediction":
@@ -301,4 +307,4 @@ def train(recipe: Recipe) -> TrainResult:
         save_weights(run_dir, recipe, parts.unet, parts.tokenizers, parts.text_encoders, tokens)
         export_run(run_dir, kohya=recipe.export.kohya, global_step=global_step)
     accelerator.end_training()
-    return TrainResult(run_dir, global_step, finished, accelerator.num_processes)
+    return TrainResult(run_dir, global_step, finished, accelerator.num_processes, accelerator.mixed_precision)

@@ -64,11 +64,15 @@ def tokenize(tokenizers: list, captions: list[str]) -> list[torch.Tensor]:
 
 
 def encode_prompts(
-    text_encoders: list, input_ids: list[torch.Tensor], resolution: int
+    text_encoders: list, input_ids: list[torch.Tensor], resolution: int, dtype: torch.dtype = torch.float32
 ) -> tuple[torch.Tensor, dict | None]:
-    """UNet conditioning: ``encoder_hidden_states`` and, for SDXL, ``added_cond_kwargs``."""
+    """UNet conditioning in the UNet's ``dtype``: ``encoder_hidden_states`` and, for SDXL, ``added_cond_kwargs``.
+
+    Encoders that train token rows run in fp32, a frozen UNet in half precision without autocast: the cast here
+    is what lets them meet, as diffusers' textual-inversion scripts cast.
+    """
     if len(text_encoders) == 1:
-        return text_encoders[0](input_ids[0], return_dict=False)[0], None
+        return text_encoders[0](input_ids[0], return_dict=False)[0].to(dtype), None
     hidden, pooled = [], None
     for encoder, ids in zip(text_encoders, input_ids, strict=True):
         out = encoder(ids, output_hidden_states=True)
@@ -76,8 +80,8 @@ def encode_prompts(
         pooled = out[0]  # the last encoder (with projection) gives the pooled text embedding
     batch = input_ids[0].shape[0]
     time_ids = torch.tensor([resolution, resolution, 0, 0, resolution, resolution], device=pooled.device)
-    added = {"text_embeds": pooled, "time_ids": time_ids.to(pooled.dtype).repeat(batch, 1)}
-    return torch.cat(hidden, dim=-1), added
+    added = {"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(dtype).repeat(batch, 1)}
+    return torch.cat(hidden, dim=-1).to(dtype), added
 
 
 def trainable_unet_parameters(unet: UNet2DConditionModel, recipe: Recipe) -> list[torch.nn.Parameter]:

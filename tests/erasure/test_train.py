@@ -50,13 +50,26 @@ def test_each_mode_trains_and_exports_its_weights(trained_runs, mode):
     assert negative == expected
 
 
-def test_tokens_only_keeps_the_unet_and_the_old_vocabulary(trained_runs, tiny_sd_dir):
+def test_tokens_only_keeps_the_unet_and_the_old_vocabulary(tmp_path, tiny_sd_dir, icd_dir, train_tiny, monkeypatch):
     from diffusers import StableDiffusionPipeline
 
+    import erasure.training.loop as loop
     from erasure.runs import load_learned_embeds
 
-    run = trained_runs("tokens_only")
+    loaded = []  # the very modules the loop trains, to look at the UNet after training
+    load_components = loop.load_components
+
+    def load_and_keep(*args, **kwargs):
+        loaded.append(load_components(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(loop, "load_components", load_and_keep)
+    run = train_tiny(tmp_path, tiny_sd_dir, icd_dir, "train.mode=tokens_only").run_dir
+
     base = StableDiffusionPipeline.from_pretrained(tiny_sd_dir)
+    trained_unet, base_unet = loaded[0].unet.state_dict(), base.unet.state_dict()
+    assert trained_unet.keys() == base_unet.keys()  # no LoRA adapter was attached
+    assert all(torch.equal(trained_unet[key], base_unet[key]) for key in base_unet)
     old_rows = base.text_encoder.get_input_embeddings().weight.detach().clone()
     load_learned_embeds(base, run)
     assert torch.equal(base.text_encoder.get_input_embeddings().weight[: len(old_rows)], old_rows)
