@@ -63,7 +63,7 @@ def test_generate_writes_images_and_parameters_and_resumes(tmp_path, tiny_sd_dir
     assert _generate(out, tiny_sd_dir, *prompts, "--seeds", "3", "4", "--sld", "max", "--negative-prompt", "dark") == 0
     assert {path: path.stat().st_mtime_ns for path in out.glob("*.png")} == stamps
     with pytest.raises(ValueError, match="other parameters"):
-        _generate(out, tiny_sd_dir, *prompts, "--seeds", "3", "4")
+        _generate(out, tiny_sd_dir, *prompts, "--seeds", "3", "4", "--debug")
 
 
 def test_load_pipeline_with_a_training_run(run_dir, tiny_sd_dir):
@@ -125,7 +125,7 @@ def test_load_pipeline_detects_sdxl(tiny_sdxl_dir):
 )
 def test_generate_bad_input(tmp_path, tiny_sd_dir, extra, error, message):
     with pytest.raises(error, match=message):
-        _generate(tmp_path / "out", tiny_sd_dir, *extra)
+        _generate(tmp_path / "out", tiny_sd_dir, *extra, "--debug")
 
 
 def test_unknown_preset_lists_the_valid_ones(tmp_path, tiny_sd_dir, capsys):
