@@ -102,15 +102,17 @@ def _table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
 
 def _boxes_svg(tile: Tile, width: int, height: int) -> str:
     """The tile's boxes as an SVG in the image's own pixel coordinates, stretched over the image."""
-    size = height / 10
+    size = height / 12
     parts = []
     for box in tile.boxes:
         x0, y0, x1, y1 = box["box"]
-        label = escape(f"{box['name']} {box['score']:.2f}")
+        # the score on the box's edge, inside the image (the caption names the concept)
+        x, anchor = (x1, "end") if x0 > width / 2 else (x0, "start")
         y = y0 + size if y0 < size else y0 - size / 4
         parts.append(
-            f'<rect x="{x0:g}" y="{y0:g}" width="{x1 - x0:g}" height="{y1 - y0:g}"><title>{label}</title></rect>'
-            f'<text x="{x0:g}" y="{y:g}" font-size="{size:g}">{label}</text>'
+            f'<rect x="{x0:g}" y="{y0:g}" width="{x1 - x0:g}" height="{y1 - y0:g}">'
+            f"<title>{escape(box['name'])} {box['score']:.2f}</title></rect>"
+            f'<text x="{x:g}" y="{y:g}" font-size="{size:g}" text-anchor="{anchor}">{box["score"]:.2f}</text>'
         )
     return f'<svg viewBox="0 0 {width} {height}" preserveAspectRatio="none" aria-hidden="true">{"".join(parts)}</svg>'
 
@@ -204,7 +206,7 @@ th.prompt { max-width: 16rem; font-weight: normal; white-space: pre-wrap; overfl
 figure { margin: 0; }
 .frame { position: relative; }
 .frame img { display: block; width: 12rem; height: auto; image-rendering: pixelated; }
-.frame svg { position: absolute; inset: 0; width: 100%; height: 100%; overflow: visible; }
+.frame svg { position: absolute; inset: 0; width: 100%; height: 100%; overflow: hidden; }
 svg rect { fill: none; stroke: #f22; stroke-width: 2px; vector-effect: non-scaling-stroke; }
 svg text { fill: #fff; stroke: #f22; stroke-width: 3px; paint-order: stroke; vector-effect: non-scaling-stroke; }
 figcaption { font-size: 12px; max-width: 12rem; overflow-wrap: anywhere; }

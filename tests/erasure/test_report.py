@@ -245,7 +245,7 @@ def test_the_icr_page_renders_in_chromium_with_boxes_filters_and_inert_prompts(t
                 box: [(r.left - img.left) / img.width, (r.top - img.top) / img.height,
                       (r.right - img.left) / img.width, (r.bottom - img.top) / img.height]}; })()""",
     )
-    assert box["flagged"] == 1 and box["column"] == 1 and box["label"] == "watermark 0.87"
+    assert box["flagged"] == 1 and box["column"] == 1 and box["label"] == "0.87"
     assert box["box"] == pytest.approx([v / 64 for v in BOX], abs=0.02)
     # the filters: flagged only keeps naive's first image and hides the rows without one
     visible = """(() => { document.querySelector('input[value=%s]').click();
