@@ -6,16 +6,27 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from erasure.loading import load_pipeline
-    from erasure.pipelines import SLDPipeline, SLDXLPipeline
+    from erasure.pipelines import SLDFluxPipeline, SLDPipeline, SLDSD3Pipeline, SLDXLPipeline
     from erasure.runs import Run, load_run
     from erasure.sld import SafetyConfig
 
-__all__ = ["SLDPipeline", "SLDXLPipeline", "SafetyConfig", "load_run", "Run", "load_pipeline"]
+__all__ = [
+    "SLDPipeline",
+    "SLDXLPipeline",
+    "SLDSD3Pipeline",
+    "SLDFluxPipeline",
+    "SafetyConfig",
+    "load_run",
+    "Run",
+    "load_pipeline",
+]
 
 # Imported on first use: `import erasure.config` (and the CLI's --help) should not pay for diffusers.
 _LAZY = {
     "SLDPipeline": "erasure.pipelines",
     "SLDXLPipeline": "erasure.pipelines",
+    "SLDSD3Pipeline": "erasure.pipelines",
+    "SLDFluxPipeline": "erasure.pipelines",
     "SafetyConfig": "erasure.sld",
     "load_run": "erasure.runs",
     "Run": "erasure.runs",

@@ -2,7 +2,7 @@
 
     from erasure.testing import save_tiny_sd
     path = save_tiny_sd(tmp_path / "tiny-sd")
-    pipe = StableDiffusionPipeline.from_pretrained(path)
+    pipe = StableDiffusionPipeline.from_pretrained(path)       # likewise save_tiny_sd3 / save_tiny_flux
 
 Shapes follow diffusers' own pipeline tests (``block_out_channels=(32, 64)``, ``cross_attention_dim=32``);
 :func:`sd15_shaped_components` has Stable Diffusion 1.5's real shapes with random weights, which time exactly
@@ -21,14 +21,29 @@ import torch
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
 
 WORDS_FILE = Path(__file__).parent / "assets" / "tiny_words.txt"
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+WORD_START = "\u2581"  # SentencePiece's marker of a word's first piece, as T5 writes it
 # The UNet shape both tiny pipelines share (diffusers' own pipeline tests use the same): 16 px latents.
 TINY_UNET = {
     "block_out_channels": (32, 64),
@@ -125,7 +140,7 @@ def _text_config(tokenizer: CLIPTokenizer, hidden_size: int = 32, projection_dim
     )
 
 
-def tiny_vae(sample_size: int = 32) -> AutoencoderKL:
+def tiny_vae(sample_size: int = 32, **config) -> AutoencoderKL:
     return AutoencoderKL(
         block_out_channels=(32, 64),
         in_channels=3,
@@ -134,6 +149,7 @@ def tiny_vae(sample_size: int = 32) -> AutoencoderKL:
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
         latent_channels=4,
         sample_size=sample_size,
+        **config,
     )
 
 
@@ -219,6 +235,140 @@ def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
 
 def save_tiny_sdxl(out_dir: str | Path, seed: int = 0) -> Path:
     tiny_sdxl_pipeline(seed).save_pretrained(out_dir, safe_serialization=True)
+    return Path(out_dir)
+
+
+def build_t5_tokenizer(words: Iterable[str], model_max_length: int = 512) -> T5TokenizerFast:
+    """A T5 Unigram tokenizer: each of ``words`` one piece, anything else spelled by characters (or ``<unk>``).
+
+    T5's layout: ``<pad>`` = 0, ``</s>`` = 1 (appended to every text), ``<unk>`` = 2; no sentinel tokens.
+    """
+    specials = ["<pad>", "</s>", "<unk>"]
+    characters = sorted(set("abcdefghijklmnopqrstuvwxyz0123456789,.:;!?'-_<>{}()"))
+    pieces = [(token, 0.0) for token in specials] + [
+        (WORD_START + word.lower(), -1.0) for word in dict.fromkeys(words)
+    ]
+    pieces += [(WORD_START, -2.0)] + [(character, -5.0) for character in characters]
+    tokenizer = Tokenizer(models.Unigram(pieces, unk_id=2))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=tokenizer, extra_ids=0, model_max_length=model_max_length)
+
+
+def tiny_t5(tokenizer: T5TokenizerFast, d_model: int) -> T5EncoderModel:
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=d_model,
+        d_kv=8,
+        d_ff=37,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return T5EncoderModel(config).eval()  # as from_pretrained gives it: T5's dropout off
+
+
+def tiny_flow_scheduler(**config) -> FlowMatchEulerDiscreteScheduler:
+    return FlowMatchEulerDiscreteScheduler(shift=3.0, **config)
+
+
+def tiny_sd3_components(seed: int = 0) -> dict:
+    """A tiny SD3: MMDiT on 16 px latents, two CLIP encoders (pooled 32 + 32) and a T5 whose width (64) is the
+    joint attention width, as SD3 pads the CLIP states to the T5's."""
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=16,
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        joint_attention_dim=64,
+        caption_projection_dim=32,
+        pooled_projection_dim=64,
+        pos_embed_max_size=16,
+    )
+    torch.manual_seed(seed)
+    vae = tiny_vae(shift_factor=0.0609, scaling_factor=1.5035)  # SD3's own latent normalisation
+    tokenizer, t5_tokenizer = tiny_tokenizer(), build_t5_tokenizer(read_words(), model_max_length=256)
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModelWithProjection(_text_config(tokenizer))
+    torch.manual_seed(seed + 1)
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer))
+    torch.manual_seed(seed)
+    text_encoder_3 = tiny_t5(t5_tokenizer, d_model=64)
+    return {
+        "transformer": transformer,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "text_encoder_2": text_encoder_2,
+        "text_encoder_3": text_encoder_3,
+        "tokenizer": tokenizer,
+        "tokenizer_2": tiny_tokenizer(),
+        "tokenizer_3": t5_tokenizer,
+        "scheduler": tiny_flow_scheduler(),
+        "image_encoder": None,
+        "feature_extractor": None,
+    }
+
+
+def tiny_sd3_pipeline(seed: int = 0) -> StableDiffusion3Pipeline:
+    return StableDiffusion3Pipeline(**tiny_sd3_components(seed))
+
+
+def save_tiny_sd3(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a tiny SD3 pipeline that ``StableDiffusion3Pipeline.from_pretrained(out_dir)`` loads offline."""
+    tiny_sd3_pipeline(seed).save_pretrained(out_dir, safe_serialization=True)
+    return Path(out_dir)
+
+
+def tiny_flux_components(seed: int = 0, guidance_embeds: bool = True) -> dict:
+    """A tiny FLUX.1: 16 px latents packed into 2 x 2 patches (16 channels), a CLIP encoder for the pooled embedding
+    and a T5 for the sequence; ``guidance_embeds`` as FLUX.1-dev (distilled) or not (schnell-like)."""
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=guidance_embeds,
+        axes_dims_rope=(4, 4, 8),
+    )
+    torch.manual_seed(seed)
+    vae = tiny_vae(shift_factor=0.1159, scaling_factor=0.3611)  # FLUX's own latent normalisation
+    tokenizer, t5_tokenizer = tiny_tokenizer(), build_t5_tokenizer(read_words())
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(_text_config(tokenizer))
+    torch.manual_seed(seed)
+    text_encoder_2 = tiny_t5(t5_tokenizer, d_model=32)
+    return {
+        "transformer": transformer,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "text_encoder_2": text_encoder_2,
+        "tokenizer": tokenizer,
+        "tokenizer_2": t5_tokenizer,
+        "scheduler": tiny_flow_scheduler(use_dynamic_shifting=True),
+        "image_encoder": None,
+        "feature_extractor": None,
+    }
+
+
+def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True) -> FluxPipeline:
+    return FluxPipeline(**tiny_flux_components(seed, guidance_embeds))
+
+
+def save_tiny_flux(out_dir: str | Path, seed: int = 0, guidance_embeds: bool = True) -> Path:
+    """Write a tiny FLUX.1 pipeline that ``FluxPipeline.from_pretrained(out_dir)`` loads offline."""
+    tiny_flux_pipeline(seed, guidance_embeds).save_pretrained(out_dir, safe_serialization=True)
     return Path(out_dir)
 
 

@@ -1,8 +1,10 @@
-"""SLDPipeline / SLDXLPipeline: parity with diffusers' StableDiffusionPipelineSafe, SDXL, UNet call counts, errors."""
+"""SLDPipeline / SLDXLPipeline: parity with diffusers' StableDiffusionPipelineSafe, SDXL, UNet call counts, errors;
+the concept negative prompt template and its length warning on all four families."""
 
 from __future__ import annotations
 
 import functools
+import re
 import subprocess
 import sys
 import warnings
@@ -14,9 +16,9 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, StableDiffusionXLPipeline
 from diffusers.pipelines.deprecated.stable_diffusion_safe import StableDiffusionPipelineSafe
 
-from erasure.pipelines import SLDPipeline, SLDXLPipeline
+from erasure.pipelines import SLDFluxPipeline, SLDPipeline, SLDSD3Pipeline, SLDXLPipeline
 from erasure.sld import SafetyConfig
-from erasure.testing import tiny_sd_components, tiny_sdxl_components
+from erasure.testing import tiny_flux_components, tiny_sd3_components, tiny_sd_components, tiny_sdxl_components
 
 PROMPTS = ["a red car", "a cat on grass", "a house", "a blue boat at sea", "a dog"]
 NEGATIVES = ["blurry", "a dog", "dark", "grass", "a cat"]
@@ -223,6 +225,60 @@ def test_concept_negation_adds_one_branch_beside_sld():
     run = dict(num_inference_steps=17, generator=_generators(0, 2), output_type="latent")
     ours(PROMPTS[:2], sld="weak", concept_negative_prompt="a dog", **run)
     assert rows == [6] * 15 + [8] * 2  # weak skips the safety branch in its warmup, never the negation
+
+
+# every family's pipeline on tiny components, and the options that keep its calls small
+FAMILIES = {
+    "sd": (lambda: SLDPipeline(**tiny_sd_components(), requires_safety_checker=False), {}),
+    "sdxl": (lambda: SLDXLPipeline(**tiny_sdxl_components()), {}),
+    "sd3": (lambda: SLDSD3Pipeline(**tiny_sd3_components()), {}),
+    "flux": (
+        lambda: SLDFluxPipeline(**tiny_flux_components()),
+        {"height": 32, "width": 32, "max_sequence_length": 16},
+    ),
+}
+
+
+@functools.cache
+def _family(name: str):
+    build, options = FAMILIES[name]
+    pipe = build()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, {"num_inference_steps": 2, "output_type": "latent", **options}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_concept_negative_template_is_filled_with_each_prompt(family):
+    pipe, run = _family(family)
+    filled = [f"{prompt}, a dog" for prompt in PROMPTS[:2]]
+    from_list = pipe(PROMPTS[:2], generator=_generators(0, 2), concept_negative_prompt=filled, **run).images
+    from_template = pipe(PROMPTS[:2], generator=_generators(0, 2), concept_negative_prompt="{prompt}, a dog", **run)
+    plain = pipe(PROMPTS[:2], generator=_generators(0, 2), **run).images
+    assert torch.equal(from_template.images, from_list)
+    assert (from_list - plain).abs().max() > 1e-3
+
+
+def test_a_template_needs_the_prompt_text(sd_pair):
+    ours, _ = sd_pair
+    embeds, _ = ours.encode_prompt(PROMPTS[:2], "cpu", 1, False)
+    with pytest.raises(ValueError, match="fill the template yourself"):
+        ours(prompt_embeds=embeds, concept_negative_prompt="{prompt}, a dog", num_inference_steps=1)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_concept_negative_prompt_cut_by_a_tokenizer_warns_once_per_call(family):
+    pipe, run = _family(family)
+    long_template = "{prompt}, " + " ".join(["watermark"] * 80) + " <loc_3_3>"  # > 77 tokens: the location is cut
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipe(PROMPTS[:2], generator=_generators(0, 2), concept_negative_prompt="{prompt}, a dog", **run)
+        assert not caught
+        pipe(PROMPTS[:2], generator=_generators(0, 2), concept_negative_prompt=long_template, **run)
+    assert len(caught) == 1
+    found = re.search(r"is (\d+) tokens long for tokenizer(?:_\d)?, which keeps (\d+)", str(caught[0].message))
+    assert found, caught[0].message
+    count, limit = map(int, found.groups())
+    assert count > limit and limit in (77, run.get("max_sequence_length"))
 
 
 def test_sdxl_without_sld_equals_diffusers_and_a_preset_differs():
