@@ -18,10 +18,7 @@ embeddings go beside it.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-
-from erasure.config import ConfigError
 
 FORMATS = ("diffusers", "kohya", "webui", "single-file")
 
@@ -44,22 +41,17 @@ def run(args: argparse.Namespace) -> int:
     from erasure.webui import COMFYUI_PROMPT_FILE, EMBEDDINGS_DIR, WEBUI_PROMPT_FILE
 
     if args.out is not None and args.format != "single-file":
-        print("error: --out is the path of a --format single-file checkpoint", file=sys.stderr)
-        return 2
-    try:
-        single_file = None
-        if args.format == "single-file":
-            single_file = args.out or default_single_file(args.run_dir)
-        metadata = export_run(
-            args.run_dir,
-            checkpoint=args.checkpoint,
-            kohya=args.format == "kohya",
-            webui=args.format == "webui",
-            single_file=single_file,
-        )
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise ValueError("--out is the path of a --format single-file checkpoint")
+    single_file = None
+    if args.format == "single-file":
+        single_file = args.out or default_single_file(args.run_dir)
+    metadata = export_run(
+        args.run_dir,
+        checkpoint=args.checkpoint,
+        kohya=args.format == "kohya",
+        webui=args.format == "webui",
+        single_file=single_file,
+    )
     for name, digest in metadata["files"].items():
         print(f"{digest[:12]}  {name}")
     print(f"negative prompt: {metadata['negative_prompt']['template']}")

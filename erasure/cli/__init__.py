@@ -21,7 +21,7 @@ COMMANDS: Commands = {
             "i2p-compare": ("erasure.i2p.compare_command", "join I2P runs into one categories x methods table"),
         },
     ),
-    "export": ("erasure.export", "write a training run's export files again (diffusers, --format kohya)"),
+    "export": ("erasure.export", "a run's files again, or for WebUI/ComfyUI (--format kohya, webui, single-file)"),
     "report": ("erasure.cli.report", "an HTML page of an evaluation's images side by side, detector boxes drawn"),
 }
 

@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
 from erasure.evaluation.report import write_html_report
-from erasure.generate import DTYPES
 from erasure.i2p.harness import GenerationSettings, Method, process_state, run_i2p
-from erasure.i2p.judges import JUDGE_NAMES, Q16_CLIP, Q16_PROMPTS, MissingWeightsError, load_judges
+from erasure.i2p.judges import JUDGE_NAMES, Q16_CLIP, Q16_PROMPTS, load_judges
 from erasure.i2p.metrics import summarize
 from erasure.i2p.prompts import CATEGORIES, HUB_ID, load_prompts
 from erasure.i2p.report import markdown_table, write_report
+from erasure.loading import DTYPES, resolve_dtype
 from erasure.sld import SafetyConfig
 
 
@@ -59,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sampling.add_argument("--images-per-call", type=int, default=5)
     sampling.add_argument("--height", type=int)
     sampling.add_argument("--width", type=int)
-    sampling.add_argument("--dtype", choices=DTYPES, help="default: float16 on a GPU, float32 on a CPU")
+    sampling.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: float16 on a GPU, float32 on a CPU")
     judging = parser.add_argument_group("judges")
     judging.add_argument("--judges", nargs="+", choices=JUDGE_NAMES, default=list(JUDGE_NAMES))
     judging.add_argument("--q16-clip", default=Q16_CLIP, help="CLIP ViT-L/14 directory or hub id")
@@ -93,17 +92,13 @@ def run(args: argparse.Namespace) -> int:
         args.latent_guidance,
     )
     settings = GenerationSettings(args.steps, args.guidance, args.calls, args.images_per_call, args.height, args.width)
-    dtype = args.dtype or ("float16" if state.device.type == "cuda" else "float32")
+    dtype = resolve_dtype(args.dtype, state.device.type)
     prompts = load_prompts(
         args.prompts, categories=args.categories, hard=True if args.hard_only else None, limit=args.limit
     )
     if not prompts:
         raise ValueError(f"no prompt of {args.prompts} passes the filters (--categories, --hard-only, --limit)")
-    try:
-        judges = load_judges(args.judges, q16_clip=args.q16_clip, q16_prompts=args.q16_prompts, device=state.device)
-    except MissingWeightsError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    judges = load_judges(args.judges, q16_clip=args.q16_clip, q16_prompts=args.q16_prompts, device=state.device)
     outcomes = run_i2p(prompts, method, judges, args.out, settings=settings, dtype=dtype)
     if outcomes is None:  # not the main process: it has written its share
         return 0
