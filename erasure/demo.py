@@ -168,9 +168,17 @@ def _figure(out: Path, results: dict, cells: list[str], concept: str, pairs: int
 def _record(path: Path, concept: str, results: dict) -> None:
     """Write one concept's table into the ``{concept: {method: {icr, ci95, fidelity, fid, n}}}`` results file.
 
-    The concept's table is replaced whole, so that it never mixes rows of two protocols; other concepts stay.
+    The concept's table is replaced whole, so that it never mixes rows of two protocols; other concepts stay. Rows of
+    the old table that this run did not measure are named on stderr, so that none goes without a word.
     """
     table = json.loads(path.read_text()) if path.is_file() else {}
+    dropped = sorted(set(table.get(concept, {})) - set(results))
+    if dropped:
+        print(
+            f"{path}: {concept}'s table is replaced by this run's rows, without {', '.join(dropped)} (not rerun); "
+            f"add them to --methods to keep them",
+            file=sys.stderr,
+        )
     keys = ("icr", "ci95", "fidelity", "fid", "n")
     table[concept] = {m: {k: r[k] for k in keys if k in r} for m, r in results.items()}
     path.write_text(json.dumps(table, indent=2) + "\n")

@@ -62,7 +62,7 @@ def test_demo_runs_the_whole_chain(tmp_path, tiny_sd_dir, tiny_latent_clip_dir):
         main([*argv[:-4], "--detector", "qr", *argv[-2:]])
 
 
-def test_record_replaces_the_concepts_table_and_keeps_the_others(tmp_path):
+def test_record_replaces_the_concepts_table_keeps_the_others_and_names_dropped_rows(tmp_path, capsys):
     record = tmp_path / "toy_icr.json"
     row = {"icr": 0.5, "ci95": [0.4, 0.6], "fidelity": 0.9, "fid": 3.0, "n": 200}
     record.write_text(json.dumps({"watermark": {"naive": row, "naive_latent_clip": row}, "text": {"naive": row}}))
@@ -71,3 +71,4 @@ def test_record_replaces_the_concepts_table_and_keeps_the_others(tmp_path):
     table = json.loads(record.read_text())
     assert table["watermark"] == {"naive": {**row, "icr": 0.42}, "geom_erasing_plain": {**row, "icr": 0.01}}
     assert table["text"] == {"naive": row}
+    assert "without naive_latent_clip (not rerun)" in capsys.readouterr().err
