@@ -18,9 +18,9 @@
 
 Every stage resumes: rerun the same command and finished work is reused. A different command needs another --out.
 
-The base model is the committed toy-world model ``assets/toy-sd`` (recipe: ``recipes/toy_base.yaml``). Where it
-is missing, the demo runs the same chain on a tiny *random* pipeline and says so: every stage runs, but its ICR
-numbers mean nothing.
+The base model is the committed toy-world model ``assets/toy-sd`` (recipe: ``recipes/toy_base.yaml``) of the
+checkout named by ``--project`` (the current directory by default), with the toy detector and checker beside it.
+``--base tiny-random`` runs the same chain on random weights: every stage runs, but its ICR numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -32,10 +32,12 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-TOY_BASE = REPO / "assets" / "toy-sd"
-TOY_DETECTOR = REPO / "assets" / "detectors" / "toy_yolo.safetensors"
-TOY_CHECKER = REPO / "assets" / "toy-checker"
+# The demo's inputs, relative to --project (a checkout of this repository: its assets/ and recipes/).
+TOY_BASE = Path("assets/toy-sd")
+TOY_DETECTOR = Path("assets/detectors/toy_yolo.safetensors")
+TOY_CHECKER = Path("assets/toy-checker")
+RECIPES = Path("recipes")
+RANDOM_BASE = "tiny-random"
 # The methods of the toy-world table: which run they sample from (None: the base model) and how; "run" is the
 # run's learned negative prompt template, applied as concept negation (a push away from what it adds to the prompt,
 # beside the guidance towards the prompt) or, in the ablation row, as diffusers' negative_prompt.
@@ -64,12 +66,18 @@ FULL_UNET_LR = 3e-4
 DEMO_TOKEN_LR = 2e-2
 
 
-def _base_model(out: Path, requested: str | None) -> tuple[str, bool]:
-    """The toy base model, or a tiny random stand-in (False) when it has not been trained yet."""
-    if requested:
-        return requested, True
-    if (TOY_BASE / "model_index.json").is_file():
-        return str(TOY_BASE), True
+def _base_model(out: Path, project: Path, requested: str | None) -> tuple[str, bool]:
+    """The base model asked for (the project's toy model by default), or a tiny random stand-in (False).
+
+    A missing toy model is an error, not a quiet switch to random weights whose ICRs mean nothing."""
+    if requested != RANDOM_BASE:
+        base = Path(requested) if requested else project / TOY_BASE
+        if not (base / "model_index.json").is_file():
+            raise SystemExit(
+                f"[demo] no diffusers model at {base}: run the demo from a checkout of this repository, give "
+                f"--project CHECKOUT or --base DIR, or --base {RANDOM_BASE} to run the chain on random weights"
+            )
+        return str(base), True
     from erasure.testing import save_tiny_sd
 
     path = out / "tiny-random-base"
@@ -88,7 +96,9 @@ def _train(args: argparse.Namespace, mode: str, base: str, dataset: Path, resolu
     from erasure.recipe import load_recipe
     from erasure.training import train
 
-    recipe = REPO / "recipes" / f"toy_{mode}_{args.concept}.yaml"
+    recipe = args.project / RECIPES / f"toy_{mode}_{args.concept}.yaml"
+    if not recipe.is_file():
+        raise SystemExit(f"[demo] no recipe {recipe}: give --project, a checkout of this repository")
     name = yaml.safe_load(recipe.read_text())["name"]
     run_dir = args.out / "runs" / name
     if (run_dir / "erasure.json").is_file():
@@ -187,7 +197,14 @@ def _record(path: Path, concept: str, results: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concept", default="text", choices=["watermark", "qrcode", "text"])
-    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "demo", help="everything goes here")
+    parser.add_argument(
+        "--project",
+        type=Path,
+        default=Path("."),
+        help="a checkout of this repository: the toy model, detector, checker (assets/) and recipes (recipes/) "
+        "the demo uses (default: the current directory)",
+    )
+    parser.add_argument("--out", type=Path, default=Path("outputs/demo"), help="everything goes here")
     parser.add_argument("--num-images", type=int, default=2000, help="training images in the toy ICD")
     parser.add_argument(
         "--world",
@@ -232,8 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--eval-images", type=int, default=64, help="images per ICR cell")
     parser.add_argument("--steps", type=int, default=20, help="sampler steps per image")
-    parser.add_argument("--detector", default=f"yolo:{TOY_DETECTOR}", help="detector spec for the ICR")
-    parser.add_argument("--base", help=f"base pipeline directory (default {TOY_BASE.relative_to(REPO)})")
+    parser.add_argument("--detector", help=f"detector spec for the ICR (default: yolo:PROJECT/{TOY_DETECTOR})")
+    parser.add_argument(
+        "--base", help=f"base pipeline directory (default: PROJECT/{TOY_BASE}); {RANDOM_BASE}: random weights"
+    )
     parser.add_argument("--methods", nargs="+", default=DEMO_METHODS, choices=list(METHODS), help="table rows")
     parser.add_argument(
         "--record",
@@ -274,12 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     from erasure.evaluation.report import write_html_report
     from erasure.icr import IcrConfig, evaluate, markdown_table
 
-    base, trained_base = _base_model(args.out, args.base)
+    base, trained_base = _base_model(args.out, args.project, args.base)
     if not trained_base:
-        print(
-            f"[demo] NOTE: {TOY_BASE} is missing; running the chain on a tiny random pipeline. "
-            "The ICR numbers below mean nothing until the toy base model is trained (recipes/toy_base.yaml)."
-        )
+        print("[demo] NOTE: a tiny random pipeline as the base: every stage runs, but the ICRs below mean nothing.")
     resolution = _resolution(base)
     dataset = args.out / "icd"
     if not (dataset / "build.json").is_file():
@@ -319,13 +335,14 @@ def main(argv: list[str] | None = None) -> int:
         if "latent_clip" in cell:
             cell["latent_clip"] = str(args.latent_clip)
         cells.append(cell)
-    checker = [f"checker={TOY_CHECKER}"] if (TOY_CHECKER / "model.safetensors").is_file() else []
+    checker_dir = args.project / TOY_CHECKER
+    checker = [f"checker={checker_dir}"] if (checker_dir / "model.safetensors").is_file() else []
     config = load_config(
         IcrConfig,
         None,
         [
             f"concept={args.concept}",
-            f"detector={args.detector}",
+            f"detector={args.detector or f'yolo:{args.project / TOY_DETECTOR}'}",
             f"model={base}",
             f"cells={json.dumps(cells)}",
             f"out_dir={args.out / 'icr'}",

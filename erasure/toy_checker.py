@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from datasets_icd.toyworld import COLOURS, SHAPES, ToyWorld, ToyWorldConfig
 
-DEFAULT_DIR = Path(__file__).resolve().parents[1] / "assets" / "toy-checker"
+DEFAULT_DIR = Path("assets/toy-checker")  # in a checkout of this repository, where commands run from
 INPUT_SIZE = 64
 COLOUR_NAMES = list(COLOURS)
 

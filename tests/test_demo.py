@@ -72,3 +72,9 @@ def test_record_replaces_the_concepts_table_keeps_the_others_and_names_dropped_r
     assert table["watermark"] == {"naive": {**row, "icr": 0.42}, "geom_erasing_plain": {**row, "icr": 0.01}}
     assert table["text"] == {"naive": row}
     assert "without naive_latent_clip (not rerun)" in capsys.readouterr().err
+
+
+def test_a_missing_toy_model_is_an_error_not_random_weights(tmp_path):
+    with pytest.raises(SystemExit, match="no diffusers model at .*--base tiny-random"):
+        main(["--project", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out" / "tiny-random-base").exists()
