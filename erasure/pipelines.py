@@ -57,15 +57,13 @@ from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPip
 from diffusers.loaders import TextualInversionLoaderMixin
 from transformers import T5TokenizerFast
 
+from erasure.runs import PROMPT_FIELD, fill_template
 from erasure.sld import DEFAULT_SAFETY_CONCEPT, SafetyConfig, resolve_safety_config, safety_guidance_step
-
-PROMPT_FIELD = "{prompt}"
-"""where a concept negative prompt template (a run's ``negative_prompt.txt``) takes the prompt."""
 
 
 def _per_prompt(text: str | list[str], prompt: str | list[str] | None, prompt_embeds: Any) -> list[str]:
     """One text per prompt of the call: a single text is repeated, a list must match the prompts, and a text
-    holding ``{prompt}`` is a template filled with its prompt."""
+    holding ``{prompt}`` is a template (a run's ``negative_prompt.txt``) filled with its prompt."""
     batch = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else prompt_embeds.shape[0]
     texts = [text] * batch if isinstance(text, str) else list(text)
     if len(texts) != batch:
@@ -78,7 +76,7 @@ def _per_prompt(text: str | list[str], prompt: str | list[str] | None, prompt_em
             "text: fill the template yourself"
         )
     prompts = [prompt] * batch if isinstance(prompt, str) else prompt
-    return [text.replace(PROMPT_FIELD, p) for text, p in zip(texts, prompts, strict=True)]
+    return [fill_template(text, p) for text, p in zip(texts, prompts, strict=True)]
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 import torch
 from diffusers import FluxPipeline, StableDiffusion3Pipeline
 
+from erasure.guiders import SafeLatentDiffusionGuidance
 from erasure.pipelines import SLDFluxPipeline, SLDSD3Pipeline
 from erasure.sld import SafetyConfig, safety_guidance_step
 from erasure.testing import save_tiny_flux, save_tiny_sd3, tiny_flux_components, tiny_sd3_components
@@ -201,6 +203,52 @@ def test_weak_skips_the_safety_branch_in_its_warmup_on_flux():
     rows = _count_calls(pipe.transformer)
     _run(pipe, 17, sld="weak", **FLUX_SIZE)
     assert rows == [2] * 15 + [4] * 2
+
+
+def _modular_sd3(config: SafetyConfig, safety_concept: str = "a dog"):
+    """A modular SD3 pipeline on the tiny components with the SLD guider, and the counter of its transformer calls."""
+    from diffusers.modular_pipelines import StableDiffusion3AutoBlocks
+
+    ours, _ = _pair("sd3")
+    pipe = StableDiffusion3AutoBlocks().init_pipeline()
+    pipe.update_components(**{name: c for name, c in tiny_sd3_components().items() if c is not None})
+    guider = SafeLatentDiffusionGuidance(guidance_scale=7.0, **config)
+    embeds, _, pooled, _ = ours.encode_prompt(safety_concept, None, None, do_classifier_free_guidance=False)
+    guider.set_safety_conditioning(encoder_hidden_states=embeds, text_embeds=pooled)
+    pipe.update_components(guider=guider)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, _count_calls(pipe.transformer)
+
+
+def _run_modular(pipe, steps: int, **kwargs):
+    generators = [torch.Generator().manual_seed(i) for i in range(len(PROMPTS))]
+    return pipe(prompt=PROMPTS, num_inference_steps=steps, generator=generators, output="latents", **kwargs)
+
+
+def test_sld_guider_in_a_modular_sd3_pipeline_equals_sld_sd3_pipeline():
+    config = dataclasses.replace(MILD, sld_warmup_steps=1, sld_momentum_scale=0.5, sld_mom_beta=0.5)
+    pipe, _ = _modular_sd3(config)
+    ours, theirs = _pair("sd3")
+    guided = _run_modular(pipe, 3, negative_prompt="")
+    reference = _run(ours, 3, sld=config, safety_concept="a dog")
+    assert (reference - _run(theirs, 3)).abs().max() > 1e-3
+    torch.testing.assert_close(guided, reference, atol=1e-5, rtol=0)
+
+
+def test_sld_guider_skips_the_safety_batch_where_it_cannot_matter_and_needs_cfg():
+    pipe, rows = _modular_sd3(dataclasses.replace(MILD, sld_warmup_steps=1))  # no momentum: warmup step 0 skips it
+    _run_modular(pipe, 2, negative_prompt="")
+    assert rows == [2] * 5  # one call per batch: cond, uncond at step 0; cond, uncond, safety at step 1
+    with pytest.raises(ValueError, match="needs the unconditional branch"):
+        _run_modular(pipe, 1)
+
+
+def test_sld_guider_config_round_trips(tmp_path):
+    guider = SafeLatentDiffusionGuidance(guidance_scale=5.0, **SafetyConfig.STRONG)
+    guider.save_pretrained(tmp_path)
+    loaded = SafeLatentDiffusionGuidance.from_pretrained(tmp_path)
+    assert (loaded.guidance_scale, loaded.safety) == (5.0, SafetyConfig.STRONG)
+    assert guider.new(sld_threshold=0.5).safety == dataclasses.replace(SafetyConfig.STRONG, sld_threshold=0.5)
 
 
 @pytest.mark.parametrize(
