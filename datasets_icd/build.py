@@ -51,6 +51,7 @@ class BuildConfig(BaseModel):
     caption_template: str = DEFAULT_CAPTION_TEMPLATE
     toy: ToyWorldConfig = Field(default_factory=ToyWorldConfig, description="the toy world, for synthetic")
     paste: PasteConfig | None = Field(None, description="concepts pasted onto a folder's or dataset's images")
+    captioner: str | None = Field(None, description="local image-captioning model folder for uncaptioned images")
     image_column: str = "image"
     caption_column: str | None = None
     split: str = "train"
@@ -94,6 +95,37 @@ class Annotator:
         return kept
 
 
+class Captioner:
+    """Captions for the images that came without one, from a transformers image-captioning model in a local folder
+    (a VisionEncoderDecoder such as ViT-GPT2, or BLIP): ``local_files_only``, so nothing is downloaded. Loaded on
+    first use, like the detectors, so each worker process loads its own."""
+
+    def __init__(self, model_dir: str, max_new_tokens: int = 30) -> None:
+        self.model_dir = Path(model_dir)
+        if not self.model_dir.is_dir():
+            raise FileNotFoundError(f"captioner {self.model_dir}: not a folder (give a save_pretrained model folder)")
+        self.max_new_tokens = max_new_tokens
+        self._parts: tuple | None = None
+
+    def __call__(self, images: list) -> list[str]:
+        import torch
+
+        if self._parts is None:
+            from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
+            where = {"pretrained_model_name_or_path": self.model_dir, "local_files_only": True}
+            self._parts = (
+                AutoImageProcessor.from_pretrained(**where),
+                AutoTokenizer.from_pretrained(**where),
+                AutoModelForImageTextToText.from_pretrained(**where).eval(),
+            )
+        processor, tokenizer, model = self._parts
+        pixels = processor(images=[image.convert("RGB") for image in images], return_tensors="pt").pixel_values
+        with torch.no_grad():
+            ids = model.generate(pixel_values=pixels.to(model.dtype), max_new_tokens=self.max_new_tokens)
+        return [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
 class ChunkBuilder:
     """Turns a range of source indices into one parquet chunk and its marker: the unit of work and of resume."""
 
@@ -102,6 +134,7 @@ class ChunkBuilder:
         self.work = work
         self.source: Source = make_source(config)
         self.annotate = Annotator(config.detectors, config.concepts)
+        self.captioner = Captioner(config.captioner) if config.captioner else None
 
     def chunks(self) -> list[tuple[int, int]]:
         total = min(len(self.source), self.config.num_images or len(self.source))
@@ -121,6 +154,10 @@ class ChunkBuilder:
                     items.append(self.source.load(index))
                 except SkippedItem as reason:
                     skipped.append({"item": self.source.source_id(index), "reason": str(reason)})
+            uncaptioned = [item for item in items if not item.caption.strip()]
+            if self.captioner and uncaptioned:
+                for item, caption in zip(uncaptioned, self.captioner([it.image for it in uncaptioned]), strict=True):
+                    item.caption = caption
             rows.extend(self._row(item, records) for item, records in zip(items, self.annotate(items), strict=True))
         name = f"chunk-{start:09d}.parquet"
         if rows:

@@ -8,11 +8,14 @@ examples:
   icd build --source folder:photos --detectors qr ocr --num-proc 4 --out outputs/photos-icd
   icd build --source folder:photos --paste watermark=0.5 text=0.3 qrcode=0.2 \
       --paste-config split=heldout repeats=4 jpeg_rate=0.8 --out outputs/photos-pasted
-  icd build --source hf:outputs/my-dataset --caption-column caption --detectors yolo:runs/wm.pt --out outputs/x
+  icd build --source hf:outputs/my-dataset --caption-column caption --detectors yolo:runs/wm.safetensors --out outputs/x
+  icd build --source folder:photos --detectors qr ocr yolo:assets/detectors/photo_yolo.safetensors \
+      --captioner models/vit-gpt2-captioning --out outputs/photos-icd
   accelerate launch -m datasets_icd.cli build --source folder:photos --detectors qr --out /shared/icd
 
 A killed build continues with the same command plus --resume. The dataset is OUT itself
-(datasets.load_from_disk(OUT)), with parquet shards in OUT/parquet/, OUT/report.md, OUT/report.png and OUT/build.json.
+(datasets.load_from_disk(OUT)), with parquet shards in OUT/parquet/, OUT/report.md, OUT/report.png (box centres
+and sizes), OUT/samples.png (images with their boxes drawn) and OUT/build.json.
 """
 
 from __future__ import annotations
@@ -104,6 +107,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --paste: other settings (datasets_icd.paste.PasteConfig fields, YAML values), "
         "e.g. split=heldout repeats=4 'jpeg_quality=[30, 70]'",
     )
+    parser.add_argument(
+        "--captioner",
+        metavar="MODEL_DIR",
+        help="caption the images that have no caption with this local transformers image-captioning model folder "
+        "(e.g. a saved ViT-GPT2 or BLIP; read with local_files_only, nothing is downloaded)",
+    )
     parser.add_argument("--image-column", default="image", help="hf: the image column")
     parser.add_argument("--caption-column", help="hf/folder: the caption column (default text, then caption)")
     parser.add_argument("--split", default="train", help="hf: the split")
@@ -129,6 +138,7 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
         phrases={name: phrase or name for name, phrase in _pairs(args.phrase, "--phrase")},
         toy=toy,
         paste=_paste_config(args),
+        captioner=args.captioner,
         image_column=args.image_column,
         caption_column=args.caption_column,
         split=args.split,
@@ -146,4 +156,10 @@ def run(args: argparse.Namespace) -> int:
     if summary:  # only the main process reports
         rates = ", ".join(f"{name} {s['rate']:.1%}" for name, s in summary["concepts"].items()) or "no concepts"
         print(f"{summary['rows']} images ({rates}), {len(summary['skipped'])} skipped -> {args.out}")
+        if summary["uncaptioned"]:
+            print(
+                f"warning: {summary['uncaptioned']} images have no caption (see {args.out}/report.md; "
+                "--captioner MODEL_DIR writes them)",
+                file=sys.stderr,
+            )
     return 0

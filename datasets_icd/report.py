@@ -1,7 +1,10 @@
-"""The report beside a built dataset: how often each concept occurs, where, and how big (markdown + PNG).
+"""The report beside a built dataset: how often each concept occurs, where, and how big (markdown + PNG), a sheet
+of sample images with their boxes drawn, and how many images lack a caption.
 
 Where a concept sits is what Geom-Erasing learns, so the box-centre heatmaps show whether the data has
-geometry to learn at all; the frequent cells are the ones the exported negative prompt will name.
+geometry to learn at all; the frequent cells are the ones the exported negative prompt will name. The sample sheet
+is where a user sees whether the detectors found what they should on *their* images; an image without a caption
+teaches the model its concepts with no scene to tie them to, so those are counted and warned about.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset
 from matplotlib.figure import Figure  # the object API draws with Agg and never touches a display
+from PIL import Image, ImageDraw
 
 from datasets_icd.geometry import frequent_cells, location_token
 
@@ -72,22 +76,66 @@ def plot_geometry(dataset: Dataset, path: Path, grid: int) -> None:
     fig.savefig(path, dpi=90)
 
 
+SHEET_COLOURS = {"watermark": (230, 40, 40), "text": (40, 110, 240), "qrcode": (40, 200, 80)}
+OTHER_COLOUR = (250, 170, 20)
+
+
+def sample_sheet(dataset: Dataset, path: Path, count: int = 16, tile: int = 256) -> None:
+    """A grid of ``count`` images, those with concepts first, each box drawn in its concept's colour and named."""
+    table = dataset.select_columns(["concepts"]).to_list() if len(dataset) else []
+    with_concepts = [i for i, row in enumerate(table) if row["concepts"]]
+    without = [i for i, row in enumerate(table) if not row["concepts"]]
+    chosen = (with_concepts[: count - min(len(without), count // 4)] + without)[:count]
+    columns = max(1, min(4, len(chosen)))
+    sheet = Image.new("RGB", (columns * tile, max(1, -(-len(chosen) // columns)) * tile), "white")
+    for slot, index in enumerate(sorted(chosen)):
+        row = dataset[index]
+        image = row["image"].convert("RGB")
+        scale = tile / max(image.size)
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+        draw = ImageDraw.Draw(image)
+        for concept in row["concepts"]:
+            colour = SHEET_COLOURS.get(concept["name"], OTHER_COLOUR)
+            box = [v * scale for v in concept["box"]]
+            draw.rectangle(box, outline=colour, width=2)
+            draw.text((box[0] + 2, max(0, box[1] - 11)), f"{concept['name']} {concept['score']:.2f}", fill=colour)
+        sheet.paste(image, ((slot % columns) * tile, (slot // columns) * tile))
+    sheet.save(path)
+
+
 def write_report(dataset: Dataset, out: Path, skipped: list[dict], grid: int, title: str) -> dict:
     """``out/report.md`` and ``out/report.png``; returns the statistics it shows."""
     stats = concept_stats(dataset, grid)
+    stats["uncaptioned"] = sum(not caption.strip() for caption in dataset["caption"]) if len(dataset) else 0
     plot_geometry(dataset, out / "report.png", grid)
+    sample_sheet(dataset, out / "samples.png")
     lines = [
         f"# {title}",
         "",
         f"{stats['images']} images, {len(skipped)} skipped, {grid}x{grid} location grid.",
         "",
+    ]
+    if stats["uncaptioned"]:
+        lines += [
+            f"**Warning: {stats['uncaptioned']} of {stats['images']} images have no caption**: their training "
+            "caption is only the concept tokens. Add captions (metadata.jsonl, NAME.txt, --caption-column) or "
+            "write them with --captioner MODEL_DIR.",
+            "",
+        ]
+    lines += [
         "| concept | images | rate | boxes | most frequent cells (images) |",
         "|---|---:|---:|---:|---|",
     ]
     for name, s in stats["concepts"].items():
         cells = ", ".join(f"`{c['token']}` ({c['images']})" for c in s["frequent_cells"])
         lines.append(f"| {name} | {s['images']} | {s['rate']:.1%} | {s['boxes']} | {cells} |")
-    lines += ["", "![box centres and sizes per concept](report.png)", ""]
+    lines += [
+        "",
+        "![box centres and sizes per concept](report.png)",
+        "",
+        "![sample images, boxes drawn](samples.png)",
+        "",
+    ]
     if skipped:
         lines += ["## Skipped", "", "| item | reason |", "|---|---|"]
         lines += [f"| `{s['item']}` | {s['reason'].replace('|', '/')} |" for s in skipped]
