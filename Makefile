@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := tesseract-ocr libzbar0 fonts-dejavu-core chromium
+APT_PACKAGES := tesseract-ocr libzbar0 fonts-dejavu-core chromium fonts-dejavu-extra fonts-urw-base35 fonts-noto-mono
 export HF_HUB_OFFLINE ?= 1
 export YOLO_OFFLINE ?= 1
 
