@@ -23,6 +23,7 @@ them from here, and the loader users call is the one the tests call.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,15 +196,40 @@ def checkpoint_step(path: Path) -> int:
     return int(path.name.removeprefix(CHECKPOINT_PREFIX))
 
 
-def checkpoints(run_dir: Path) -> list[Path]:
-    """A run's checkpoint directories, oldest first."""
+def _numbered_checkpoints(run_dir: Path) -> list[Path]:
     found = [
         p for p in Path(run_dir).glob(f"{CHECKPOINT_PREFIX}*") if p.name.removeprefix(CHECKPOINT_PREFIX).isdigit()
     ]
     return sorted(found, key=checkpoint_step)
 
 
+def _is_complete(checkpoint: Path) -> bool:
+    """Whether a checkpoint's save finished: it holds weights, and every safetensors file in it reads whole.
+
+    The trainer saves under a temporary name and renames, so this only catches what that cannot: a checkpoint cut
+    short by an older trainer, a full disk, or a copy that stopped halfway.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    files = list(checkpoint.rglob("*.safetensors"))
+    try:
+        for path in files:
+            with safe_open(path, "pt"):
+                pass
+    except (OSError, SafetensorError):
+        return False
+    return bool(files)
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """A run's complete checkpoint directories, oldest first (what resuming and pruning may pick from)."""
+    return [path for path in _numbered_checkpoints(run_dir) if _is_complete(path)]
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest checkpoint of a run, or None."""
-    found = checkpoints(run_dir)
-    return found[-1] if found else None
+    """The newest complete checkpoint of a run, or None; newer incomplete ones are skipped with a warning."""
+    for path in reversed(_numbered_checkpoints(run_dir)):
+        if _is_complete(path):
+            return path
+        logging.getLogger(__name__).warning("skipping %s: its save did not finish (a missing or cut-off file)", path)
+    return None

@@ -2,8 +2,10 @@
 
 ``accelerator.prepare`` once; ``accelerator.accumulate`` for gradient accumulation; clipping only when gradients
 sync; step counts after ``prepare``; checkpoints hold only the trained weights (a save-state pre-hook writes them
-in the export formats) plus optimizer, scheduler and RNG state, so ``checkpoint.resume=latest`` continues the
-same run exactly where it stopped, in the same data order.
+in the export formats) plus optimizer, scheduler and every process's RNG state, so ``checkpoint.resume=latest``
+continues the same run exactly where it stopped, in the same data order. A checkpoint is written under a temporary
+name and renamed when whole (a job killed while saving leaves no half checkpoint to resume from), and a resume
+refuses a recipe that changed what decides the data order or the optimisation.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import cast_training_params
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from erasure.config import ConfigError
-from erasure.recipe import Recipe
-from erasure.runs import latest_checkpoint
+from erasure.config import ConfigError, dump_config
+from erasure.recipe import Recipe, load_recipe
+from erasure.runs import CHECKPOINT_PREFIX, RECIPE_FILE, checkpoint_step, checkpoints, latest_checkpoint
 from erasure.training.data import (
     TrainingExamples,
     cache_latents,
@@ -61,20 +64,31 @@ class TrainResult:
 
 
 class NoiseSource:
-    """The generator of latent samples, noise and timesteps, saved in every checkpoint.
+    """This process's generator of latent samples, noise and timesteps, saved by each process in every checkpoint.
 
     Resuming starts a new data iterator, which draws from torch's global RNG; with its own generator the resumed
-    run still draws exactly the noise the uninterrupted run would have.
+    run still draws exactly the noise the uninterrupted run would have. Every process draws other noise (seed +
+    rank), so every process keeps its own file: accelerate saves registered objects from the main process only,
+    and each rank would resume with rank 0's generator.
     """
 
-    def __init__(self, seed: int, device: torch.device):
-        self.generator = torch.Generator(device).manual_seed(seed)
+    FILE = "noise_generator_{}.safetensors"
 
-    def state_dict(self) -> dict:
-        return {"state": self.generator.get_state()}
+    def __init__(self, seed: int, device: torch.device, process_index: int):
+        self.generator = torch.Generator(device).manual_seed(seed + process_index)
+        self.process_index = process_index
 
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["state"])
+    def save(self, checkpoint: Path) -> None:
+        save_file({"state": self.generator.get_state()}, checkpoint / self.FILE.format(self.process_index))
+
+    def load(self, checkpoint: Path, num_processes: int) -> None:
+        saved = len(list(checkpoint.glob(self.FILE.format("*"))))
+        if saved != num_processes:
+            raise ConfigError(
+                f"{checkpoint} was saved by {saved} process(es), this run has {num_processes}: the data order and "
+                f"noise of each process would change; resume with --num_processes {saved}"
+            )
+        self.generator.set_state(load_file(checkpoint / self.FILE.format(self.process_index))["state"])
 
 
 def check_recipe(recipe: Recipe) -> None:
@@ -104,17 +118,104 @@ def make_optimizer(recipe: Recipe, unet_params: list, token_params: list) -> tor
     return bnb.optim.AdamW8bit(groups)
 
 
+# Fields a resumed run may change: where and how often it saves, samples, logs and loads data. Any other field
+# decides the data order or the optimisation, and changing it would make the resumed run another run.
+RESUMABLE_CHANGES = (
+    "name",
+    "output_dir",
+    "report_to",
+    "checkpoint",
+    "validation",
+    "export",
+    "data.cache_latents",
+    "train.stop_at_step",
+    "train.num_workers",
+    "train.mixed_precision",
+    "train.gradient_checkpointing",
+)
+# Schedulers whose learning rate does not depend on max_steps: a run with one of them may be extended.
+STEPLESS_SCHEDULERS = ("constant", "constant_with_warmup")
+
+
+def _flatten(config: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_resumable(recipe: Recipe, checkpoint: Path) -> None:
+    """Refuse to resume ``checkpoint`` with a recipe whose data order or optimisation differ from the one it saved."""
+    saved_file = next((p for p in (checkpoint / RECIPE_FILE, recipe.run_dir / RECIPE_FILE) if p.is_file()), None)
+    if saved_file is None:
+        logger.warning("%s holds no %s: resuming without checking the recipe", checkpoint, RECIPE_FILE)
+        return
+    old, new = _flatten(dump_config(load_recipe(saved_file))), _flatten(dump_config(recipe))
+    free = RESUMABLE_CHANGES
+    if old.get("train.lr_scheduler") in STEPLESS_SCHEDULERS:
+        free += ("train.max_steps",)
+    changed = [
+        f"{key} ({old.get(key)!r} -> {new.get(key)!r})"
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key) != new.get(key) and not any(key == f or key.startswith(f + ".") for f in free)
+    ]
+    if changed:
+        raise ConfigError(
+            f"checkpoint.resume: {checkpoint} was trained with another recipe ({saved_file}): {', '.join(changed)}. "
+            "These decide the data order or the optimisation, so the resumed run would not continue that run: "
+            "set them back, or train a new run (another output_dir, or checkpoint.resume=null)"
+        )
+
+
+def resume_checkpoint(recipe: Recipe) -> Path | None:
+    """The checkpoint ``checkpoint.resume`` names (``latest``: the newest complete one), checked against the recipe."""
+    resume = recipe.checkpoint.resume
+    if resume is None:
+        return None
+    checkpoint = latest_checkpoint(recipe.run_dir) if resume == "latest" else Path(resume)
+    if checkpoint is not None:
+        check_resumable(recipe, checkpoint)
+    return checkpoint
+
+
 def _prune_checkpoints(run_dir: Path, total_limit: int | None) -> None:
     """Remove the oldest checkpoints so that, after the next save, at most ``total_limit`` remain."""
-    checkpoints = sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    if total_limit is not None and len(checkpoints) >= total_limit:
-        for old in checkpoints[: len(checkpoints) - total_limit + 1]:
+    found = checkpoints(run_dir)
+    if total_limit is not None and len(found) >= total_limit:
+        for old in found[: len(found) - total_limit + 1]:
             shutil.rmtree(old)
+
+
+def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, total_limit: int | None) -> Path:
+    """``accelerator.save_state`` into a temporary directory, renamed to ``checkpoint-N`` once every process wrote.
+
+    A job killed while saving leaves only a temporary directory, which the next save removes, so ``checkpoint-N``
+    always holds a whole checkpoint.
+    """
+    target = run_dir / f"{CHECKPOINT_PREFIX}{step}"
+    partial = run_dir / f".{target.name}.tmp"
+    if accelerator.is_main_process:
+        _prune_checkpoints(run_dir, total_limit)
+        for stale in run_dir.glob(f".{CHECKPOINT_PREFIX}*.tmp"):
+            shutil.rmtree(stale)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if target.exists():  # the same step saved again, by a run resumed from before it
+            shutil.rmtree(target)
+        partial.rename(target)
+    accelerator.wait_for_everyone()
+    return target
 
 
 def train(recipe: Recipe) -> TrainResult:
     """Train ``recipe`` under whatever ``accelerate launch`` set up; export the run when ``max_steps`` is reached."""
     check_recipe(recipe)
+    checkpoint = resume_checkpoint(recipe)
     dataset = load_icd(recipe)
     run_dir = recipe.run_dir
     accelerator = Accelerator(
@@ -196,19 +297,22 @@ def train(recipe: Recipe) -> TrainResult:
 
     trained = ([parts.unet] if unet_params else []) + (list(parts.text_encoders) if tokens else [])
 
-    def save_hook(models, weights, output_dir):
+    noise_source = NoiseSource(recipe.train.seed, accelerator.device, accelerator.process_index)
+
+    def save_hook(models, weights, output_dir):  # runs on every process
         if accelerator.is_main_process:
             save_weights(Path(output_dir), recipe, parts.unet, parts.tokenizers, parts.text_encoders, tokens)
+            write_recipe(Path(output_dir), recipe)  # what a resume checks its recipe against
+        noise_source.save(Path(output_dir))
         weights.clear()  # the files above are the whole model state; accelerate must not write full models
 
     def load_hook(models, input_dir):
         models.clear()
         load_weights(Path(input_dir), recipe, parts.unet, parts.tokenizers, parts.text_encoders, tokens)
+        noise_source.load(Path(input_dir), accelerator.num_processes)
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
-    noise_source = NoiseSource(recipe.train.seed + accelerator.process_index, accelerator.device)
-    accelerator.register_for_checkpointing(noise_source)
     *trained, optimizer, loader, lr_scheduler = accelerator.prepare(*trained, optimizer, loader, lr_scheduler)
     unet = trained[0] if unet_params else parts.unet
     encoders = trained[-len(parts.text_encoders) :] if tokens else parts.text_encoders
@@ -221,10 +325,9 @@ def train(recipe: Recipe) -> TrainResult:
         accelerator.init_trackers(recipe.name)
 
     global_step, first_epoch, skip_batches = 0, 0, 0
-    checkpoint = latest_checkpoint(run_dir) if recipe.checkpoint.resume == "latest" else recipe.checkpoint.resume
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
-        global_step = int(Path(checkpoint).name.split("-")[1])
+        global_step = checkpoint_step(checkpoint)
         first_epoch = global_step // steps_per_epoch
         skip_batches = (global_step % steps_per_epoch) * recipe.train.gradient_accumulation_steps
         logger.info("resumed from %s at step %d", checkpoint, global_step)
@@ -286,10 +389,7 @@ def train(recipe: Recipe) -> TrainResult:
             accelerator.log({"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
             step_loss = 0.0
             if global_step % recipe.checkpoint.every == 0 or (stopping_early and global_step == stop_at):
-                if accelerator.is_main_process:
-                    _prune_checkpoints(run_dir, recipe.checkpoint.total_limit)
-                accelerator.wait_for_everyone()
-                accelerator.save_state(str(run_dir / f"checkpoint-{global_step}"))
+                save_checkpoint(accelerator, run_dir, global_step, recipe.checkpoint.total_limit)
             if (
                 recipe.validation.prompts
                 and global_step % recipe.validation.every == 0

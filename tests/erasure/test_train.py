@@ -149,18 +149,37 @@ def test_caption_dropout_replaces_whole_captions_in_every_tokenizer():
     assert all(torch.equal(a, b) for a, b in zip(kept, ids, strict=True))
 
 
-@pytest.mark.slow
-def test_two_processes_with_accelerate_launch(tmp_path, tiny_sd_dir, icd_dir, tiny_recipe):
-    recipe = tiny_recipe(tmp_path / "recipe.yaml", tiny_sd_dir, icd_dir)
+def _launch_two_processes(recipe: Path, *overrides: str) -> str:
     # accelerate's multi-CPU (gloo) run: torchrun-style launch of 2 processes, told to use the CPU.
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    command += [str(ROOT / "train.py"), "--config", str(recipe), "train.max_steps=2"]
+    command += [str(ROOT / "train.py"), "--config", str(recipe), *overrides]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "finished at step 2 on 2 process(es)" in done.stdout
-    assert (tmp_path / "run" / LORA_FILE).is_file()
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_two_processes_stopped_and_resumed_match_the_uninterrupted_run(tmp_path, tiny_sd_dir, icd_dir, tiny_recipe):
+    common = ["train.caption_dropout=0.5"]  # its draws come from each process's generator too
+    for name in ("whole", "split"):
+        (tmp_path / name).mkdir()
+    whole = tiny_recipe(tmp_path / "whole" / "recipe.yaml", tiny_sd_dir, icd_dir)
+    assert "finished at step 4 on 2 process(es)" in _launch_two_processes(whole, *common)
+    split = tiny_recipe(tmp_path / "split" / "recipe.yaml", tiny_sd_dir, icd_dir)
+    assert "stopped" in _launch_two_processes(split, "train.stop_at_step=2", *common)
+    states = [
+        load_file(tmp_path / "split" / "run" / "checkpoint-2" / f"noise_generator_{i}.safetensors") for i in (0, 1)
+    ]
+    assert not torch.equal(states[0]["state"], states[1]["state"])  # each rank draws its own noise
+    resumed = _launch_two_processes(split, "checkpoint.resume=latest", *common)
+    assert "finished at step 4 on 2 process(es)" in resumed
+    for name in (LORA_FILE, "learned_embeds.safetensors"):
+        expected, got = load_file(tmp_path / "whole" / "run" / name), load_file(tmp_path / "split" / "run" / name)
+        assert expected.keys() == got.keys()
+        for key in expected:
+            torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5)
 
 
 def run_train_py(*argv: str) -> int:
