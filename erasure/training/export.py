@@ -31,6 +31,8 @@ import yaml
 from datasets import Dataset
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
 from diffusers.utils import (
+    SAFE_WEIGHTS_INDEX_NAME,
+    SAFETENSORS_WEIGHTS_NAME,
     convert_state_dict_to_diffusers,
     convert_state_dict_to_kohya,
     convert_unet_state_dict_to_peft,
@@ -86,7 +88,7 @@ def save_weights(
 def load_weights(in_dir: Path, recipe: Recipe, unet, tokenizers: list, text_encoders: list, tokens: list[str]) -> None:
     """Inverse of :func:`save_weights` into models prepared the same way (resuming from a checkpoint)."""
     if recipe.lora.full_unet:
-        unet.load_state_dict(load_file(in_dir / UNET_DIR / "diffusion_pytorch_model.safetensors"))
+        unet.load_state_dict(_model_state_dict(in_dir / UNET_DIR))
     elif recipe.train.mode != "tokens_only":
         saved = load_file(in_dir / LORA_FILE)
         lora = convert_unet_state_dict_to_peft({k.removeprefix("unet."): v for k, v in saved.items()})
@@ -95,6 +97,18 @@ def load_weights(in_dir: Path, recipe: Recipe, unet, tokenizers: list, text_enco
             raise ValueError(f"{in_dir / LORA_FILE}: keys that do not fit this UNet: {result.unexpected_keys[:3]}")
     if tokens:
         restore_embeddings(in_dir, tokenizers, text_encoders)
+
+
+def _model_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    """The weights ``save_pretrained`` wrote into ``folder``: one file, or the shards its index names (a UNet
+    larger than ``max_shard_size``, as SDXL's is in fp32)."""
+    index = folder / SAFE_WEIGHTS_INDEX_NAME
+    single = [SAFETENSORS_WEIGHTS_NAME]
+    names = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else single
+    state: dict[str, torch.Tensor] = {}
+    for name in names:
+        state |= load_file(folder / name)
+    return state
 
 
 def negative_prompt(dataset: Dataset, recipe: Recipe) -> tuple[str, dict[str, list[list[int]]]]:

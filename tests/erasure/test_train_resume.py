@@ -6,6 +6,7 @@ import logging
 import shutil
 
 import pytest
+import torch
 
 from erasure.config import ConfigError
 from erasure.runs import LORA_FILE, checkpoints, latest_checkpoint
@@ -88,3 +89,20 @@ def test_latest_skips_a_checkpoint_whose_save_did_not_finish(
     assert (result.global_step, result.finished) == (4, True)
     # total_limit 1: pruning removed checkpoint-2 from the same listing, the incomplete one stays for a human to see
     assert sorted(p.name for p in run.glob("*checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
+
+
+@pytest.mark.parametrize("max_shard_size", ["10GB", "200KB"])
+def test_a_full_unet_checkpoint_loads_whole_or_sharded(tmp_path, tiny_sd_dir, icd_dir, tiny_recipe, max_shard_size):
+    from diffusers import UNet2DConditionModel
+
+    from erasure.recipe import load_recipe
+    from erasure.training.export import load_weights
+
+    saved = UNet2DConditionModel.from_pretrained(tiny_sd_dir, subfolder="unet")
+    saved.save_pretrained(tmp_path / "checkpoint-1" / "unet", max_shard_size=max_shard_size)
+    shards = list((tmp_path / "checkpoint-1" / "unet").glob("*.safetensors"))
+    assert (len(shards) > 1) == (max_shard_size == "200KB")
+    recipe = load_recipe(tiny_recipe(tmp_path / "recipe.yaml", tiny_sd_dir, icd_dir), ["lora.full_unet=true"])
+    unet = UNet2DConditionModel.from_config(saved.config)  # other (random) weights
+    load_weights(tmp_path / "checkpoint-1", recipe, unet, [], [], [])
+    assert all(torch.equal(value, saved.state_dict()[key]) for key, value in unet.state_dict().items())
