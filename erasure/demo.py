@@ -59,7 +59,7 @@ DEMO_METHODS = ["naive", "geom_erasing_plain"]
 # The rows whose sample grids the figure shows, when the table has them.
 FIGURE_GRIDS = ("base", "naive", "geom_erasing_plain", "geom_erasing")
 # Full-UNet fine-tunes of the toy base model: at 1e-3 the naive run learned the logo faster but lost a third of its
-# prompt fidelity (benchmarks/RESULTS.md, one-kind worlds).
+# prompt fidelity (benchmarks/NOTES.md, one-kind worlds).
 FULL_UNET_LR = 3e-4
 # The demo's location-token learning rate: at the recipes' 5e-3 (the committed tables) a 500-step text run had only
 # half tied the word to its tokens (plain prompt 7.8-12.5% against naive 21.9-28.1%), at 2e-2 it read 0.0%.

@@ -9,7 +9,7 @@ the latents' RMS. A small Latent-CLIP trained on captions knows a concept in tha
 toy world the bare word "watermark" ranked watermarked latents at chance (AUROC 0.48) where the caption pair
 separated all of them. The push acts on the early steps only (``warmup_steps`` to ``stop_step``): the gradient of a
 small image tower is partly adversarial, small marks that the later steps denoise away, while a push late in
-sampling leaves them in the image (benchmarks/RESULTS.md, "Latent-CLIP on the toy world"). Like SLD it can wait for
+sampling leaves them in the image (benchmarks/NOTES.md, "Latent-CLIP on the toy world"). Like SLD it can wait for
 a warm-up, gate on a threshold and build a momentum. No VAE decode: one image-tower forward and backward per step.
 """
 

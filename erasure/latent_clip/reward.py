@@ -20,7 +20,7 @@ class LatentClipReward:
 
     With a ``baseline`` the reward is the similarity to the prompt minus that to the baseline: a direction that
     holds only what the prompt adds, e.g. a concept in the context of the caption it was trained with. A small
-    Latent-CLIP that only read full captions knows "watermark" that way and not as a bare word (RESULTS.md).
+    Latent-CLIP that only read full captions knows "watermark" that way and not as a bare word (benchmarks/NOTES.md).
     """
 
     def __init__(self, model: LatentClip, prompt: str | list[str], baseline: str | list[str] | None = None):
