@@ -30,7 +30,16 @@ class DataSection(StrictModel):
     dataset: str = Field(description="an Implicit Concept Dataset directory written by `icd build`")
     concepts: list[str] = Field(description="implicit concepts to erase, as named in the dataset's `concepts`")
     grid: int = Field(4, ge=1, description="location-token grid size G (G x G bins)")
-    resolution: int = Field(512, ge=8, description="training image size in pixels (square)")
+    resolution: int = Field(
+        512,
+        ge=8,
+        description="side of the square training crop in pixels; images are resized to it by their short side",
+    )
+    crop: Literal["center", "random"] = Field(
+        "center",
+        description="where the square is cut from a non-square image: its center, or a place drawn once per image "
+        "from train.seed (boxes and SDXL's crop time ids follow the crop)",
+    )
     cache_latents: Literal["memory", "disk"] = Field(
         "memory",
         description="keep the VAE latents of every image in memory, or as safetensors under RUN_DIR/latents "

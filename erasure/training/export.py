@@ -55,7 +55,7 @@ from erasure.runs import (
     checkpoint_step,
     latest_checkpoint,
 )
-from erasure.training.data import load_icd
+from erasure.training.data import dataset_phrases, load_icd
 from erasure.training.tokens import restore_embeddings, save_embeddings
 from erasure.webui import WEBUI_DIR, write_webui_files
 
@@ -119,11 +119,12 @@ def negative_prompt(dataset: Dataset, recipe: Recipe) -> tuple[str, dict[str, li
     """
     template, cells = "{prompt}", {}
     sizes = list(zip(dataset["width"], dataset["height"], strict=True))
+    phrases = dataset_phrases(recipe.data.dataset)  # what the captions said: `icd build --phrase`, or the name
     for concept in recipe.data.concepts:
         top = frequent_cells(dataset["concepts"], sizes, concept, recipe.data.grid, recipe.export.negative_cells)
         cells[concept] = [[row, col, count] for (row, col), count in top]
         used = [cell for cell, _ in top] if recipe.train.mode != "naive" else []
-        template = fill_negative_prompt(negative_prompt_template(concept, used), template)
+        template = fill_negative_prompt(negative_prompt_template(concept, used, phrases.get(concept)), template)
     return template, cells
 
 

@@ -10,6 +10,7 @@ refuses a recipe that changed what decides the data order or the optimisation.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
@@ -26,17 +27,27 @@ from tqdm.auto import tqdm
 
 from erasure.config import ConfigError, dump_config
 from erasure.recipe import Recipe, load_recipe
-from erasure.runs import CHECKPOINT_PREFIX, RECIPE_FILE, checkpoint_step, checkpoints, latest_checkpoint
+from erasure.runs import (
+    CHECKPOINT_PREFIX,
+    METADATA_FILE,
+    RECIPE_FILE,
+    checkpoint_step,
+    checkpoints,
+    latest_checkpoint,
+)
 from erasure.training.data import (
     TrainingExamples,
     cache_latents,
     collate,
+    crop_windows,
     drop_captions,
     dropped_captions,
+    latent_cache_dir,
     load_icd,
     location_tokens,
     region_mask,
     sample_latents,
+    square_concepts,
     training_captions,
 )
 from erasure.training.export import (
@@ -61,6 +72,7 @@ class TrainResult:
     finished: bool  # False when the run stopped at train.stop_at_step before max_steps
     num_processes: int
     mixed_precision: str  # what the run trained in: the recipe's, or the launcher's when the recipe leaves it unset
+    shortened_captions: int  # scene captions cut so that their concept phrase and location tokens fit the tokenizer
 
 
 class NoiseSource:
@@ -212,6 +224,19 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, total_li
     return target
 
 
+def _record_training(run_dir: Path, result: TrainResult, num_captions: int) -> None:
+    """Add how the run trained to its erasure.json, beside what the export wrote there."""
+    path = run_dir / METADATA_FILE
+    metadata = json.loads(path.read_text(encoding="utf-8"))
+    metadata["training"] = {
+        "num_processes": result.num_processes,
+        "mixed_precision": result.mixed_precision,
+        "captions": num_captions,
+        "shortened_captions": result.shortened_captions,
+    }
+    path.write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+
+
 def train(recipe: Recipe) -> TrainResult:
     """Train ``recipe`` under whatever ``accelerate launch`` set up; export the run when ``max_steps`` is reached."""
     check_recipe(recipe)
@@ -257,26 +282,29 @@ def train(recipe: Recipe) -> TrainResult:
             for encoder in parts.text_encoders:
                 encoder.gradient_checkpointing_enable()
 
-    latent_size = recipe.data.resolution // (2 ** (len(parts.vae.config.block_out_channels) - 1))
-    cache_dir = run_dir / "latents" / f"{dataset._fingerprint}-{recipe.data.resolution}"
+    side = recipe.data.resolution
+    latent_size = side // (2 ** (len(parts.vae.config.block_out_channels) - 1))
+    crops = crop_windows(dataset, recipe)
     latents = cache_latents(
         dataset,
         parts.vae,
-        recipe.data.resolution,
-        cache_dir if recipe.data.cache_latents == "disk" else None,
+        side,
+        latent_cache_dir(run_dir, dataset, parts.vae, recipe) if recipe.data.cache_latents == "disk" else None,
         accelerator.process_index,
         accelerator.num_processes,
+        crops,
     )
     accelerator.wait_for_everyone()  # a disk cache is written by all processes together
-    masks = [
-        region_mask([c for c in concepts if c["name"] in recipe.data.concepts], width, height, latent_size)
-        for concepts, width, height in zip(dataset["concepts"], dataset["width"], dataset["height"], strict=True)
-    ]
+    concepts = square_concepts(dataset, recipe, crops)
+    captions, shortened = training_captions(dataset, recipe, concepts, parts.tokenizers)
+    if shortened:
+        logger.warning("%d of %d captions were shortened to keep their location tokens", shortened, len(captions))
     examples = TrainingExamples(
         latents,
-        tokenize(parts.tokenizers, training_captions(dataset, recipe)),
-        tokenize(parts.tokenizers, dropped_captions(dataset, recipe)),
-        masks,
+        tokenize(parts.tokenizers, captions),
+        tokenize(parts.tokenizers, dropped_captions(dataset, recipe, concepts)),
+        [region_mask(kept, side, side, latent_size) for kept in concepts],
+        crops,
     )
     loader = torch.utils.data.DataLoader(
         examples,
@@ -363,7 +391,7 @@ def train(recipe: Recipe) -> TrainResult:
                 if recipe.train.caption_dropout > 0:  # no draw at 0, so runs without it keep their noise sequence
                     input_ids = drop_captions(input_ids, batch["dropped_ids"], recipe.train.caption_dropout, generator)
                 with torch.set_grad_enabled(bool(tokens)):
-                    hidden, added = encode_prompts(encoders, input_ids, recipe.data.resolution, unet_dtype)
+                    hidden, added = encode_prompts(encoders, input_ids, batch["time_ids"], unet_dtype)
                 if scheduler.config.prediction_type == "epsilon":
                     target = noise
                 elif scheduler.config.prediction_type == "v_prediction":
@@ -403,8 +431,12 @@ def train(recipe: Recipe) -> TrainResult:
 
     accelerator.wait_for_everyone()
     finished = global_step >= recipe.train.max_steps
+    result = TrainResult(
+        run_dir, global_step, finished, accelerator.num_processes, accelerator.mixed_precision, shortened
+    )
     if finished and accelerator.is_main_process:
         save_weights(run_dir, recipe, parts.unet, parts.tokenizers, parts.text_encoders, tokens)
         export_run(run_dir, kohya=recipe.export.kohya, global_step=global_step)
+        _record_training(run_dir, result, len(captions))
     accelerator.end_training()
-    return TrainResult(run_dir, global_step, finished, accelerator.num_processes, accelerator.mixed_precision)
+    return result

@@ -64,9 +64,13 @@ def tokenize(tokenizers: list, captions: list[str]) -> list[torch.Tensor]:
 
 
 def encode_prompts(
-    text_encoders: list, input_ids: list[torch.Tensor], resolution: int, dtype: torch.dtype = torch.float32
+    text_encoders: list,
+    input_ids: list[torch.Tensor],
+    time_ids: torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, dict | None]:
-    """UNet conditioning in the UNet's ``dtype``: ``encoder_hidden_states`` and, for SDXL, ``added_cond_kwargs``.
+    """UNet conditioning in the UNet's ``dtype``: ``encoder_hidden_states`` and, for SDXL, ``added_cond_kwargs``
+    with each example's ``time_ids`` ``(B, 6)``: original size, crop top-left, target size (``Crop.time_ids``).
 
     Encoders that train token rows run in fp32, a frozen UNet in half precision without autocast: the cast here
     is what lets them meet, as diffusers' textual-inversion scripts cast.
@@ -78,9 +82,7 @@ def encode_prompts(
         out = encoder(ids, output_hidden_states=True)
         hidden.append(out.hidden_states[-2])
         pooled = out[0]  # the last encoder (with projection) gives the pooled text embedding
-    batch = input_ids[0].shape[0]
-    time_ids = torch.tensor([resolution, resolution, 0, 0, resolution, resolution], device=pooled.device)
-    added = {"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(dtype).repeat(batch, 1)}
+    added = {"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(pooled.device, dtype)}
     return torch.cat(hidden, dim=-1).to(dtype), added
 
 

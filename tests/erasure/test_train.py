@@ -123,16 +123,21 @@ def test_stopped_and_resumed_run_matches_the_uninterrupted_one(tmp_path, tiny_sd
 
 def test_dropped_captions_keep_the_concept_phrase_of_geom_captions(tmp_path, tiny_sd_dir, icd_dir, tiny_recipe):
     from erasure.recipe import load_recipe
-    from erasure.training.data import dropped_captions, load_icd, training_captions
+    from erasure.training.data import crop_windows, dropped_captions, load_icd, square_concepts, training_captions
 
     recipe_file = tiny_recipe(tmp_path / "recipe.yaml", tiny_sd_dir, icd_dir)
     geom = load_recipe(recipe_file, ["train.mode=geom_erasing"])
     dataset = load_icd(geom)
-    captioned, dropped = training_captions(dataset, geom), dropped_captions(dataset, geom)
+    concepts = square_concepts(dataset, geom, crop_windows(dataset, geom))
+    (captioned, shortened), dropped = (
+        training_captions(dataset, geom, concepts, []),
+        dropped_captions(dataset, geom, concepts),
+    )
     # "a red circle, watermark <loc_2_2> <loc_2_3>" -> "watermark <loc_2_2> <loc_2_3>"
-    assert dropped[0].startswith("watermark <loc_")
+    assert dropped[0].startswith("watermark <loc_") and shortened == 0
     assert all(c == f"{raw}, {d}" for c, raw, d in zip(captioned, dataset["caption"], dropped, strict=True))
-    assert dropped_captions(dataset, load_recipe(recipe_file, ["train.mode=naive"])) == [""] * len(dataset)
+    naive = load_recipe(recipe_file, ["train.mode=naive"])
+    assert dropped_captions(dataset, naive, concepts) == [""] * len(dataset)
 
 
 def test_caption_dropout_replaces_whole_captions_in_every_tokenizer():
