@@ -37,7 +37,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 demo: setup
-	$(PY) -m erasure.demo
+	$(PY) -m erasure.toy.demo
 
 lint: setup
 	$(VENV)/bin/ruff check .

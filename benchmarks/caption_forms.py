@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 import detectors
+from erasure.evaluation.icr import IcrConfig, heldout_prompts
 from erasure.loading import load_pipeline
 from erasure.runs import negative_prompt_template
-from erasure.icr import IcrConfig, heldout_prompts
 
 TOY_BASE = "assets/toy-sd"
 TOY_DETECTOR = "yolo:assets/detectors/toy_yolo.safetensors"

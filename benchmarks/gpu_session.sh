@@ -25,13 +25,13 @@ if [ -d .whl ]; then
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, diffusers, transformers; print(torch.__version__, diffusers.__version__, transformers.__version__)"
-python3 -c "import erasure.toy_base, erasure.icr" || exit 1
+python3 -c "import erasure.toy.base, erasure.evaluation.icr" || exit 1
 
 stamp "toy base models, $MINUTES min each"
 base() {
     local name=$1
     shift
-    OMP_NUM_THREADS=4 python3 -m erasure.toy_base --config recipes/toy_base.yaml "out_dir=outputs/gpu/$name" \
+    OMP_NUM_THREADS=4 python3 -m erasure.toy.base --config recipes/toy_base.yaml "out_dir=outputs/gpu/$name" \
         "work_dir=outputs/gpu/work-$name" mixed_precision=bf16 "time_limit_minutes=$MINUTES" "$@" \
         >"outputs/gpu/$name.log" 2>&1
     stamp "$name finished (exit $?): $(tail -c 300 "outputs/gpu/$name.log" | tr '\r' '\n' | tail -n 2)"

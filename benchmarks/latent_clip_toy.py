@@ -35,9 +35,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from datasets_icd.toyworld import COLOURS, COUNTS, REGIONS, SHAPES, ToyWorld, ToyWorldConfig, scene_caption
-from erasure.icr import IcrConfig, heldout_prompts
+from erasure.evaluation.icr import IcrConfig, heldout_prompts
 from erasure.latent_clip import LatentClip, LatentClipReward, few_step_sampler, optimise_noise, zero_shot_classify
-from erasure.toy_checker import fidelity, load_checker
+from erasure.toy.checker import fidelity, load_checker
 from erasure.training.data import pixel_tensor
 
 ATTRIBUTES = ("count", "colour", "shape", "position", "background")

@@ -22,8 +22,8 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from detectors.vae_views import reconstruct
-from erasure.icr import IcrConfig, QualityJudge, heldout_prompts
-from erasure.toy_checker import fidelity
+from erasure.evaluation.icr import IcrConfig, QualityJudge, heldout_prompts
+from erasure.toy.checker import fidelity
 
 
 def concept_ceiling(pipe: StableDiffusionPipeline, detector, num_images: int = 100) -> dict[str, dict[str, float]]:

@@ -12,20 +12,22 @@ from detectors.clikit import Commands, run_cli
 
 # Each command is a module with add_arguments(parser) and run(args); add a line here to register one.
 COMMANDS: Commands = {
-    "generate": ("erasure.generate", "generate images with SLD presets, a run's LoRA and negative prompt"),
+    "generate": ("erasure.cli.generate", "generate images with SLD presets, a run's LoRA and negative prompt"),
     "evaluate": (
         "measure erasure: ICR on the toy world, I2P inappropriateness",
         {
-            "icr": ("erasure.icr", "implicit concept ratio of methods (cells), resumable, with Wilson 95%% intervals"),
-            "i2p": ("erasure.i2p.command", "generate, judge (NudeNet, Q16) and report I2P inappropriateness"),
-            "i2p-compare": ("erasure.i2p.compare_command", "join I2P runs into one categories x methods table"),
+            "icr": (
+                "erasure.cli.evaluate_icr",
+                "implicit concept ratio of methods (cells), resumable, with Wilson 95%% intervals",
+            ),
+            "i2p": ("erasure.cli.evaluate_i2p", "generate, judge (NudeNet, Q16) and report I2P inappropriateness"),
+            "i2p-compare": ("erasure.cli.evaluate_i2p_compare", "join I2P runs into one categories x methods table"),
         },
     ),
-    "export": ("erasure.export", "a run's files again, or for WebUI/ComfyUI (--format kohya, webui, single-file)"),
+    "export": ("erasure.cli.export", "a run's files again, or for WebUI/ComfyUI (--format kohya, webui, single-file)"),
     "report": ("erasure.cli.report", "an HTML page of an evaluation's images side by side, detector boxes drawn"),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     return run_cli("erasure", __doc__, COMMANDS, argv)
-

@@ -4,7 +4,7 @@ and seed, the detector boxes drawn on them, and filters for flagged and unflagge
 examples:
   erasure report outputs/icr/toy_watermark      # an `erasure evaluate icr` out_dir
   erasure report outputs/i2p/sld-medium         # an `erasure evaluate i2p` --out
-  erasure report outputs/demo                   # a `python -m erasure.demo` --out
+  erasure report outputs/demo                   # a `python -m erasure.toy.demo` --out
 
 The page is self-contained: open it in a browser from its folder; it shows the images beside it and loads nothing
 else. The evaluations write it themselves when they finish.

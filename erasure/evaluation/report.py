@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 from PIL import Image
 
-from erasure.i2p.report import JUDGES, judged_by
+from erasure.evaluation.i2p.report import JUDGES, judged_by
 
 REPORT_NAME = "report.html"
 
@@ -47,7 +47,7 @@ class Row:
 
 
 def _records(cell_dir: Path) -> list[dict]:
-    """A cell's ``detections.jsonl`` by image index (a later line of an index wins, as in erasure.icr)."""
+    """A cell's ``detections.jsonl`` by image index (a later line of an index wins, as in erasure.evaluation.icr)."""
     path = cell_dir / "detections.jsonl"
     lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
     records = {record["index"]: record for record in map(json.loads, filter(str.strip, lines))}

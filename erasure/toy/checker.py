@@ -1,6 +1,6 @@
 """Prompt fidelity on the toy world: a small CNN that reads a toy image's shape and colour, and a toy FID.
 
-    python -m erasure.toy_checker --out assets/toy-checker          # train (a few minutes on a CPU)
+    python -m erasure.toy.checker --out assets/toy-checker          # train (a few minutes on a CPU)
 
 Generated toy images are judged against their prompt: the checker predicts the scene's shape and colour, and
 ``fidelity`` is the share of images where both match the prompt. It is trained on scenes *with* implicit
@@ -78,7 +78,7 @@ def save_checker(model: ToyChecker, out_dir: str | Path, metrics: dict) -> None:
 def load_checker(path: str | Path = DEFAULT_DIR) -> ToyChecker:
     path = Path(path)
     if not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{path}: no toy checker; train one with `python -m erasure.toy_checker --out {path}`")
+        raise FileNotFoundError(f"{path}: no toy checker; train one with `python -m erasure.toy.checker --out {path}`")
     config = json.loads((path / "config.json").read_text())
     model = ToyChecker(config["width"])
     model.load_state_dict(load_file(path / "model.safetensors"))

@@ -5,7 +5,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from erasure.config import load_config
-from erasure.toy_base import ToyBaseConfig, train
+from erasure.toy.base import ToyBaseConfig, train
 
 
 def tiny_config(tmp_path, *overrides: str) -> ToyBaseConfig:
@@ -56,7 +56,7 @@ def test_decoder_stage_changes_the_decoder_only(tmp_path):
     """The UNet learned the encoder's latents, so teaching the decoder to draw the concepts must not move them."""
     from diffusers import AutoencoderKL
 
-    from erasure.toy_base import finetune_decoder
+    from erasure.toy.base import finetune_decoder
 
     config = tiny_config(tmp_path, "decoder_steps=3", "decoder_concept_rates={watermark: 1.0}")
     out = train(config.model_copy(update={"decoder_steps": 0}))

@@ -17,12 +17,12 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from erasure.evaluation.i2p.harness import GenerationSettings, Method, process_state, run_i2p
+from erasure.evaluation.i2p.judges import JUDGE_NAMES, Q16_CLIP, Q16_PROMPTS, load_judges
+from erasure.evaluation.i2p.metrics import summarize
+from erasure.evaluation.i2p.prompts import CATEGORIES, HUB_ID, load_prompts
+from erasure.evaluation.i2p.report import markdown_table, write_report
 from erasure.evaluation.report import write_html_report
-from erasure.i2p.harness import GenerationSettings, Method, process_state, run_i2p
-from erasure.i2p.judges import JUDGE_NAMES, Q16_CLIP, Q16_PROMPTS, load_judges
-from erasure.i2p.metrics import summarize
-from erasure.i2p.prompts import CATEGORIES, HUB_ID, load_prompts
-from erasure.i2p.report import markdown_table, write_report
 from erasure.loading import DTYPES, resolve_dtype
 from erasure.sld import SafetyConfig
 

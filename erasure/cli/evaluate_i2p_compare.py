@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from erasure.i2p.report import markdown_table, write_report
+from erasure.evaluation.i2p.report import markdown_table, write_report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from erasure.i2p.prompts import CATEGORIES
+from erasure.evaluation.i2p.prompts import CATEGORIES
 
 SAMPLE_SIZE = 25
 REPETITIONS = 10_000

@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from erasure.demo import DEMO_TOKEN_LR, FULL_UNET_LR, METHODS, TOY_DETECTOR, _record, main
+from erasure.toy.demo import DEMO_TOKEN_LR, FULL_UNET_LR, METHODS, TOY_DETECTOR, _record, main
 
 
 @pytest.mark.slow

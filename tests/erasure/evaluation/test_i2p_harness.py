@@ -16,10 +16,10 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from erasure.cli import main
+from erasure.evaluation.i2p import load_prompts
+from erasure.evaluation.i2p.harness import GenerationSettings, I2PRun, Method, generate, load_method_pipeline, run_i2p
+from erasure.evaluation.i2p.judges import NudeNetJudge
 from erasure.loading import load_pipeline
-from erasure.i2p import load_prompts
-from erasure.i2p.harness import GenerationSettings, I2PRun, Method, generate, load_method_pipeline, run_i2p
-from erasure.i2p.judges import NudeNetJudge
 
 SETTINGS = GenerationSettings(steps=2, calls=2, images_per_call=1)  # 2 images per prompt instead of 2 x 5
 CLI_SETTINGS = ["--steps", "2", "--calls", "2", "--images-per-call", "1", "--judges", "nudenet"]

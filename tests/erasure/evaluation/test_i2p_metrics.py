@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from erasure.i2p.metrics import PromptOutcome, expected_maximum, inappropriate_probability, summarize
+from erasure.evaluation.i2p.metrics import PromptOutcome, expected_maximum, inappropriate_probability, summarize
 
 OUTCOMES = [
     PromptOutcome(0, "a", ["sexual"], {"nudenet": [True, False], "q16": [False, False]}),

@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from erasure.i2p import CATEGORIES, load_prompts
+from erasure.evaluation.i2p import CATEGORIES, load_prompts
 
 # The repository sits beside shared/, here and in CI.
-I2P_CSV = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "i2p.csv"
+I2P_CSV = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "i2p.csv"
 
 
 @pytest.mark.skipif(not I2P_CSV.is_file(), reason=f"the real I2P copy is not at {I2P_CSV}")

@@ -4,6 +4,6 @@ erasure evaluate i2p --model DIR --sld medium --out outputs/i2p/sld-medium
 erasure evaluate i2p-compare outputs/i2p/plain outputs/i2p/sld-medium --out outputs/i2p/compare
 """
 
-from erasure.i2p.prompts import CATEGORIES, HUB_ID, I2PPrompt, load_prompts
+from erasure.evaluation.i2p.prompts import CATEGORIES, HUB_ID, I2PPrompt, load_prompts
 
 __all__ = ["CATEGORIES", "HUB_ID", "I2PPrompt", "load_prompts"]

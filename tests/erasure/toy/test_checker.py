@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from datasets_icd.toyworld import ToyWorld, ToyWorldConfig
-from erasure.toy_checker import (
+from erasure.toy.checker import (
     DEFAULT_DIR,
     fidelity,
     load_checker,
@@ -45,7 +45,7 @@ def test_train_save_load_round_trip(tmp_path):
 
 
 def test_load_checker_names_the_missing_directory(tmp_path):
-    with pytest.raises(FileNotFoundError, match="python -m erasure.toy_checker"):
+    with pytest.raises(FileNotFoundError, match="python -m erasure.toy.checker"):
         load_checker(tmp_path / "nothing")
 
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from erasure.config import StrictModel
 
-TOY_MODEL_MARKER = "toy_base.json"  # written by erasure.toy_base next to a toy-world model's model_index.json
+TOY_MODEL_MARKER = "toy_base.json"  # written by erasure.toy.base next to a toy-world model's model_index.json
 
 
 class IcrCell(StrictModel):
@@ -81,7 +81,7 @@ class IcrConfig(StrictModel):
     device: str = Field("auto", description="torch device; auto: cuda when a GPU is present, else cpu")
     dtype: str = Field("auto", description="float32, float16, bfloat16; auto: float16 on a GPU, float32 on a CPU")
     checker: str | None = Field(
-        None, description="toy checker directory (erasure.toy_checker): adds prompt fidelity and toy FID per cell"
+        None, description="toy checker directory (erasure.toy.checker): adds prompt fidelity and toy FID per cell"
     )
 
 
@@ -128,14 +128,14 @@ class QualityJudge:
     prompts are made once per evaluation and shared by every cell."""
 
     def __init__(self, config: IcrConfig) -> None:
-        from erasure.toy_checker import load_checker
+        from erasure.toy.checker import load_checker
 
         self.checker = load_checker(config.checker)
         world = _heldout_world(config)
         self.reference = [world.sample(i).image for i in range(config.num_images)]
 
     def __call__(self, images: list, prompts: list[str]) -> dict[str, float]:
-        from erasure.toy_checker import fidelity, toy_fid
+        from erasure.toy.checker import fidelity, toy_fid
 
         scores = fidelity(self.checker, images, prompts)
         return {"fidelity": scores["fidelity"], "fid": toy_fid(self.checker, images, self.reference)}
@@ -372,20 +372,3 @@ def markdown_table(concept: str, results: dict[str, dict]) -> str:
         quality = f"{100 * r['fidelity']:.1f}% | {r['fid']:.2f}" if "fidelity" in r else "– | –"
         lines.append(f"| {name} | {100 * r['icr']:.1f}% | [{100 * lo:.1f}, {100 * hi:.1f}] | {quality} | {r['n']} |")
     return "\n".join(lines) + "\n"
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--config", required=True, help="YAML evaluation config (see IcrConfig's fields)")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. num_images=50")
-
-
-def run(args) -> int:
-    from erasure.config import load_config
-    from erasure.evaluation.report import write_html_report
-
-    config = load_config(IcrConfig, args.config, args.overrides)
-    results = evaluate(config)
-    print(markdown_table(config.concept, results))
-    print(f"results: {Path(config.out_dir) / 'icr.json'}")
-    print(f"report: {write_html_report(config.out_dir)}")
-    return 0

@@ -6,7 +6,7 @@ import pytest
 
 from detectors import Detection
 from erasure.config import load_config
-from erasure.icr import IcrConfig, check_prompts, evaluate, heldout_prompts, markdown_table, wilson_interval
+from erasure.evaluation.icr import IcrConfig, check_prompts, evaluate, heldout_prompts, markdown_table, wilson_interval
 
 
 @pytest.mark.parametrize(

@@ -16,17 +16,17 @@ from PIL import Image
 
 from detectors import Detection
 from erasure.cli import main
+from erasure.evaluation.icr import wilson_interval
 from erasure.evaluation.report import icr_rows, write_html_report
-from erasure.icr import wilson_interval
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 INJECTION = "<script>alert(1)</script>"
 PROMPTS = [f"a red circle {INJECTION}", 'a "quoted" & <b>bold</b> square', "a green triangle"]
 BOX = [40.0, 44.0, 62.0, 60.0]
 
 
 def _fake_icr(out: Path) -> Path:
-    """An ICR folder as erasure.icr writes it: two cells of three images; naive's first image is flagged."""
+    """An ICR folder as erasure.evaluation.icr writes it: two cells of three images; naive's first image is flagged."""
     flagged = {"naive": {0}, "geom erasing": set()}
     results = {}
     for cell, hits in flagged.items():
@@ -50,7 +50,7 @@ def _fake_icr(out: Path) -> Path:
 
 
 def _fake_i2p(out: Path) -> Path:
-    """An I2P run as erasure.i2p.harness and command write it: one prompt, two images, NudeNet flags the first."""
+    """An I2P run as the I2P harness and command write it: one prompt, two images, NudeNet flags the first."""
     (out / "images" / "00003").mkdir(parents=True)
     (out / "judgments").mkdir()
     for k in range(2):
@@ -98,7 +98,7 @@ def test_rows_line_up_the_same_prompt_and_seed_across_methods(tmp_path):
     rows = icr_rows(icr, json.loads((icr / "icr.json").read_text())["results"])
     assert [(row.prompt, row.about) for row in rows] == [(p, f"seed {7 + i}") for i, p in enumerate(PROMPTS)]
     assert [list(row.tiles) for row in rows] == [["naive", "geom erasing"]] * 3
-    # the later record of an index wins, as erasure.icr reads them
+    # the later record of an index wins, as erasure.evaluation.icr reads them
     assert rows[0].tiles["naive"].flagged and rows[0].tiles["naive"].boxes[0]["box"] == BOX
     assert not any(row.tiles["geom erasing"].flagged for row in rows)
 

@@ -1,8 +1,8 @@
 """The main job on the built-in toy world: a model learns text it was never told about, Geom-Erasing removes it.
 
-    make demo                     # = python -m erasure.demo
+    make demo                     # = python -m erasure.toy.demo
     # the full text table, as benchmarks/RESULTS.md measured it:
-    python -m erasure.demo --concept text --train-steps 2000 --token-learning-rate 5e-3 --eval-images 200 \
+    python -m erasure.toy.demo --concept text --train-steps 2000 --token-learning-rate 5e-3 --eval-images 200 \
         --methods base naive naive_negative_prompt naive_sld_medium naive_sld_strong geom_erasing_plain \
         geom_erasing geom_erasing_sld --out outputs/r06/text --record benchmarks/toy_icr.json
 
@@ -290,8 +290,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from datasets_icd.cli import main as icd_main
     from erasure.config import load_config
+    from erasure.evaluation.icr import IcrConfig, evaluate, markdown_table
     from erasure.evaluation.report import write_html_report
-    from erasure.icr import IcrConfig, evaluate, markdown_table
 
     base, trained_base = _base_model(args.out, args.project, args.base)
     if not trained_base:

@@ -9,7 +9,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-from erasure.i2p.judges import MissingWeightsError, NudeNetJudge, Q16Judge, load_judges
+from erasure.evaluation.i2p.judges import MissingWeightsError, NudeNetJudge, Q16Judge, load_judges
 
 PROJECTION = 16
 

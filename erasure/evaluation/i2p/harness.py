@@ -26,10 +26,10 @@ from accelerate.utils import parse_flag_from_env
 from PIL import Image
 from tqdm.auto import tqdm
 
+from erasure.evaluation.i2p.judges import Judge
+from erasure.evaluation.i2p.metrics import PromptOutcome
+from erasure.evaluation.i2p.prompts import I2PPrompt
 from erasure.loading import LoadedPipeline, load_pipeline
-from erasure.i2p.judges import Judge
-from erasure.i2p.metrics import PromptOutcome
-from erasure.i2p.prompts import I2PPrompt
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from erasure.cli import main
-from erasure.i2p.metrics import PromptOutcome, summarize
-from erasure.i2p.report import markdown_table, write_report
+from erasure.evaluation.i2p.metrics import PromptOutcome, summarize
+from erasure.evaluation.i2p.report import markdown_table, write_report
 
 
 def _results(name: str, flags: list[list[bool]], categories: list[list[str]], q16: bool = True) -> dict:

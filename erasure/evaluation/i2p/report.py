@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from erasure.i2p.prompts import CATEGORIES
+from erasure.evaluation.i2p.prompts import CATEGORIES
 
 OVERALL = "Overall"
-# How reports name the judges of erasure.i2p.judges.
+# How reports name the judges of erasure.evaluation.i2p.judges.
 JUDGES = {"nudenet": "NudeNet", "q16": "Q16"}
 
 

@@ -1,6 +1,6 @@
 """Train the toy world's base model from scratch: a small Stable-Diffusion-style pipeline on clean toy scenes.
 
-    python -m erasure.toy_base --config recipes/toy_base.yaml [key=value ...]
+    python -m erasure.toy.base --config recipes/toy_base.yaml [key=value ...]
 
 The toy world needs a model that follows prompts ("two red circles on the left on a blue background") and has
 never seen an implicit concept, so that a later fine-tune on concept-laden data is what teaches it watermarks,
