@@ -20,8 +20,17 @@ Mode = Literal["geom_erasing", "naive", "tokens_only"]
 
 
 class ModelSection(StrictModel):
-    pretrained: str = Field(description="hub id or local directory of a diffusers pipeline")
-    kind: Literal["sd", "sdxl"] = Field("sd", description="pipeline family: SD 1.x/2.x or SDXL")
+    pretrained: str = Field(
+        description="hub id or local directory of a diffusers pipeline, or a single .safetensors checkpoint"
+    )
+    config: str | None = Field(
+        None,
+        description="for a single-file pretrained: a diffusers folder of the same architecture to read its configs "
+        "and tokenizers from (needed offline; online diffusers finds them on the hub)",
+    )
+    kind: Literal["sd", "sdxl"] | None = Field(
+        None, description="pipeline family: SD 1.x/2.x or SDXL; null reads it from model_index.json (or the file)"
+    )
     revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
     variant: str | None = Field(None, description="weights variant, e.g. fp16")
 

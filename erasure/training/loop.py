@@ -58,7 +58,13 @@ from erasure.training.export import (
     write_recipe,
 )
 from erasure.training.loss import diffusion_loss, min_snr_weights
-from erasure.training.models import encode_prompts, load_components, tokenize, trainable_unet_parameters
+from erasure.training.models import (
+    encode_prompts,
+    load_components,
+    model_kind,
+    tokenize,
+    trainable_unet_parameters,
+)
 from erasure.training.tokens import add_location_tokens, train_only_rows
 from erasure.training.validation import log_validation, sampling_pipeline
 
@@ -240,6 +246,8 @@ def _record_training(run_dir: Path, result: TrainResult, num_captions: int) -> N
 def train(recipe: Recipe) -> TrainResult:
     """Train ``recipe`` under whatever ``accelerate launch`` set up; export the run when ``max_steps`` is reached."""
     check_recipe(recipe)
+    recipe = recipe.model_copy(deep=True)
+    recipe.model.kind = model_kind(recipe.model)  # recorded in recipe.yaml, so exports and resumes need no detection
     checkpoint = resume_checkpoint(recipe)
     dataset = load_icd(recipe)
     run_dir = recipe.run_dir

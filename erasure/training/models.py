@@ -10,11 +10,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
 from peft import LoraConfig
-from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
+from erasure.config import ConfigError
+from erasure.loading import from_pretrained_any, model_index, pipeline_class
 from erasure.recipe import ModelSection, Recipe
+
+PIPELINES = {"sd": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}
 
 
 @dataclass
@@ -30,26 +39,40 @@ class Components:
         return len(self.text_encoders) == 2
 
 
+def model_kind(model: ModelSection) -> str:
+    """``model.kind``, or the family the model's ``model_index.json`` names (``model.config``'s for a single file)."""
+    if model.kind is not None:
+        return model.kind
+    try:
+        cls = pipeline_class(model_index(model.pretrained, model.config), model.pretrained)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.pretrained = '{model.pretrained}': {err}; or set model.kind (sd | sdxl)") from err
+    kinds = {"SLDPipeline": "sd", "SLDXLPipeline": "sdxl"}
+    if cls.__name__ not in kinds:
+        raise ConfigError(
+            f"model.pretrained = '{model.pretrained}' is a {cls.__name__.removeprefix('SLD')} model; "
+            "training supports SD 1.x/2.x and SDXL UNet models"
+        )
+    return kinds[cls.__name__]
+
+
 def load_components(model: ModelSection, prediction_type: str | None = None) -> Components:
-    """Load from a hub id or a local pipeline directory; the training scheduler is a DDPM with the base config."""
-    common = {"revision": model.revision}
-    with_variant = {**common, "variant": model.variant}
-    scheduler = DDPMScheduler.from_pretrained(model.pretrained, subfolder="scheduler", **common)
+    """Load the pipeline (hub id, folder or single file) and take its parts; the training scheduler is a DDPM with
+    the base config. ``model.kind`` must be resolved (:func:`model_kind`)."""
+    options = {key: value for key, value in (("revision", model.revision), ("variant", model.variant)) if value}
+    if model.kind == "sd":
+        options |= {"safety_checker": None, "requires_safety_checker": False}
+    pipe = from_pretrained_any(PIPELINES[model.kind], model.pretrained, model.config, **options)
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     if prediction_type is not None:
         scheduler.register_to_config(prediction_type=prediction_type)
-    subfolders = [("tokenizer", "text_encoder", CLIPTextModel)]
-    if model.kind == "sdxl":
-        subfolders.append(("tokenizer_2", "text_encoder_2", CLIPTextModelWithProjection))
-    tokenizers = [AutoTokenizer.from_pretrained(model.pretrained, subfolder=tok, **common) for tok, _, _ in subfolders]
-    text_encoders = [
-        cls.from_pretrained(model.pretrained, subfolder=enc, **with_variant) for _, enc, cls in subfolders
-    ]
+    sdxl = model.kind == "sdxl"
     return Components(
-        unet=UNet2DConditionModel.from_pretrained(model.pretrained, subfolder="unet", **with_variant),
-        vae=AutoencoderKL.from_pretrained(model.pretrained, subfolder="vae", **with_variant),
+        unet=pipe.unet,
+        vae=pipe.vae,
         scheduler=scheduler,
-        tokenizers=tokenizers,
-        text_encoders=text_encoders,
+        tokenizers=[pipe.tokenizer, pipe.tokenizer_2] if sdxl else [pipe.tokenizer],
+        text_encoders=[pipe.text_encoder, pipe.text_encoder_2] if sdxl else [pipe.text_encoder],
     )
 
 
