@@ -25,6 +25,7 @@ COMMANDS: Commands = {
         },
     ),
     "export": ("erasure.cli.export", "a run's files again, or for WebUI/ComfyUI (--format kohya, webui, single-file)"),
+    "train": ("erasure.cli.train", "train a Geom-Erasing, naive or tokens-only run from a recipe (accelerate-ready)"),
     "report": ("erasure.cli.report", "an HTML page of an evaluation's images side by side, detector boxes drawn"),
 }
 

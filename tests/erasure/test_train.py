@@ -154,11 +154,14 @@ def test_caption_dropout_replaces_whole_captions_in_every_tokenizer():
     assert all(torch.equal(a, b) for a, b in zip(kept, ids, strict=True))
 
 
-def _launch_two_processes(recipe: Path, *overrides: str) -> str:
+TRAIN_PY, ERASURE_TRAIN = [str(ROOT / "train.py")], ["-m", "erasure.cli", "train"]  # the two ways to launch
+
+
+def _launch_two_processes(recipe: Path, *overrides: str, entry: list[str] = TRAIN_PY) -> str:
     # accelerate's multi-CPU (gloo) run: torchrun-style launch of 2 processes, told to use the CPU.
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    command += [str(ROOT / "train.py"), "--config", str(recipe), *overrides]
+    command += [*entry, "--config", str(recipe), *overrides]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -178,7 +181,7 @@ def test_two_processes_stopped_and_resumed_match_the_uninterrupted_run(tmp_path,
         load_file(tmp_path / "split" / "run" / "checkpoint-2" / f"noise_generator_{i}.safetensors") for i in (0, 1)
     ]
     assert not torch.equal(states[0]["state"], states[1]["state"])  # each rank draws its own noise
-    resumed = _launch_two_processes(split, "checkpoint.resume=latest", *common)
+    resumed = _launch_two_processes(split, "checkpoint.resume=latest", *common, entry=ERASURE_TRAIN)
     assert "finished at step 4 on 2 process(es)" in resumed
     for name in (LORA_FILE, "learned_embeds.safetensors"):
         expected, got = load_file(tmp_path / "whole" / "run" / name), load_file(tmp_path / "split" / "run" / name)
@@ -189,6 +192,17 @@ def test_two_processes_stopped_and_resumed_match_the_uninterrupted_run(tmp_path,
 
 def run_train_py(*argv: str) -> int:
     return runpy.run_path(str(ROOT / "train.py"))["main"](list(argv))
+
+
+def test_erasure_train_is_the_same_command(tmp_path, tiny_sd_dir, icd_dir, tiny_recipe, capsys):
+    from erasure.cli import main
+
+    recipe = str(tiny_recipe(tmp_path / "recipe.yaml", tiny_sd_dir, icd_dir))
+    assert main(["train", "--config", recipe, "train.max_steps=1"]) == 0
+    assert "finished at step 1 on 1 process(es)" in capsys.readouterr().out
+    assert main(["train", "--config", recipe, "train.max_stesp=1"]) == 2
+    err = capsys.readouterr().err
+    assert "erasure train: error: " in err and "unknown key 'train.max_stesp'" in err
 
 
 @pytest.mark.parametrize(
