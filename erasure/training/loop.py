@@ -59,6 +59,7 @@ from erasure.training.export import (
 )
 from erasure.training.loss import diffusion_loss, min_snr_weights
 from erasure.training.models import (
+    HALF_PRECISION,
     encode_prompts,
     load_components,
     model_kind,
@@ -275,7 +276,7 @@ def train(recipe: Recipe) -> TrainResult:
     # Frozen weights in the compute dtype, trained ones in fp32 (what mixed precision expects to scale). An encoder
     # whose token rows train stays fp32 whole, as in diffusers' textual inversion: a half-precision layer after an
     # fp32 embedding row is a dtype mix that CPU autocast does not resolve.
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    weight_dtype = HALF_PRECISION.get(accelerator.mixed_precision, torch.float32)
     parts.vae.to(accelerator.device)  # fp32: it only encodes each image once, and SDXL's VAE overflows in fp16
     parts.unet.to(accelerator.device, dtype=weight_dtype)
     for encoder in parts.text_encoders:

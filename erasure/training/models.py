@@ -24,6 +24,7 @@ from erasure.loading import from_pretrained_any, model_index, pipeline_class
 from erasure.recipe import ModelSection, Recipe
 
 PIPELINES = {"sd": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}
+HALF_PRECISION = {"fp16": torch.float16, "bf16": torch.bfloat16}  # accelerate's mixed-precision modes as dtypes
 
 
 @dataclass

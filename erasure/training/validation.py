@@ -7,6 +7,7 @@ negative prompt is applied as the generation commands apply it: as concept negat
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from PIL import Image
 from datasets_icd.geometry import fill_negative_prompt
 from erasure.pipelines import SLDPipeline, SLDXLPipeline
 from erasure.recipe import ValidationSection
-from erasure.training.models import Components
+from erasure.training.models import HALF_PRECISION, Components
 
 
 def sampling_pipeline(parts: Components, unet) -> SLDPipeline | SLDXLPipeline:
@@ -73,7 +74,11 @@ def log_validation(
 ) -> Path:
     """Sample, save the grid, log it to TensorBoard when that tracker is active; main process only."""
     pipe.set_progress_bar_config(disable=True)
-    grid = validation_grid(pipe, settings, negative_template, resolution, accelerator.autocast)
+    # The modules are in mixed dtypes (fp32 VAE and token encoders, half-precision UNet): sampling runs under autocast
+    # in the training's dtype, which accelerate's own autocast skips for fp16 on a CPU.
+    dtype = HALF_PRECISION.get(accelerator.mixed_precision)
+    autocast = partial(torch.autocast, accelerator.device.type, dtype=dtype, enabled=dtype is not None)
+    grid = validation_grid(pipe, settings, negative_template, resolution, autocast)
     out = Path(accelerator.project_dir) / "validation" / f"step-{step:06d}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     grid.save(out)

@@ -39,15 +39,13 @@ def _weights(run_dir) -> dict[str, torch.Tensor]:
 def test_every_mode_trains_in_half_precision(
     tmp_path, tiny_sd_dir, icd_dir, train_tiny, fresh_accelerator, mode, precision
 ):
-    overrides = [
-        *MODES[mode],
-        f"train.mixed_precision={precision}",
-        "train.max_steps=1",
-    ]  # half precision is slow here
+    overrides = [*MODES[mode], f"train.mixed_precision={precision}", "train.max_steps=1"]  # half precision is slow
+    overrides += ["validation.prompts=[a red circle]", "validation.every=1", "validation.num_inference_steps=1"]
     result = train_tiny(tmp_path, tiny_sd_dir, icd_dir, *overrides)
     assert result.finished and result.mixed_precision == precision
     weights = _weights(result.run_dir)
     assert weights and all(torch.isfinite(value).all() for value in weights.values())
+    assert (result.run_dir / "validation" / "step-000001.png").is_file()  # sampling with the mixed-dtype modules
 
 
 @pytest.mark.parametrize(
