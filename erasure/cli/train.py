@@ -28,4 +28,6 @@ def run(args: argparse.Namespace) -> int:
     result = train(load_recipe(args.config, args.overrides))
     state = "finished" if result.finished else "stopped (resume with checkpoint.resume=latest)"
     print(f"{state} at step {result.global_step} on {result.num_processes} process(es): {result.run_dir}")
+    if result.shortened_captions:
+        print(f"{result.shortened_captions} caption(s) lost words at the end to keep their location tokens")
     return 0

@@ -146,6 +146,7 @@ RESUMABLE_CHANGES = (
     "checkpoint",
     "validation",
     "export",
+    "model.config",
     "data.cache_latents",
     "train.stop_at_step",
     "train.num_workers",

@@ -50,7 +50,13 @@ def test_resume_may_change_how_it_saves_and_extend_a_constant_schedule(
     tmp_path, stopped_run, tiny_sd_dir, icd_dir, train_tiny
 ):
     shutil.copytree(stopped_run, tmp_path, dirs_exist_ok=True)
-    changes = ["checkpoint.every=3", "validation.every=7", "train.num_workers=0", "train.max_steps=5"]
+    changes = [
+        "checkpoint.every=3",
+        "validation.every=7",
+        "train.num_workers=0",
+        "train.max_steps=5",
+        "export.kohya=true",
+    ]
     result = train_tiny(tmp_path, tiny_sd_dir, icd_dir, "checkpoint.resume=latest", *changes)
     assert (result.global_step, result.finished) == (5, True)
 
