@@ -3,7 +3,7 @@
     qr                          zbar, with OpenCV as second opinion          (detectors.qr.QRDetector)
     ocr  |  ocr:rapidocr        PP-OCR through rapidocr, the default OCR     (detectors.ocr.RapidOCRDetector)
     ocr:tesseract               tesseract line boxes                         (detectors.ocr.TesseractDetector)
-    yolo:PATH                   ultralytics YOLO from train-yolo weights     (detectors.yolo.YOLODetector)
+    yolo:PATH                   ultralytics YOLO (train-yolo, convert-yolo)  (detectors.yolo.YOLODetector)
     yolo:PATH:logo=watermark,banner=text   ... with model classes renamed to concepts
     nudenet                     NudeNet exposed parts -> "nudity"            (detectors.nudity.NudityDetector)
 
