@@ -146,21 +146,21 @@ def training_captions(
 def fit_caption(scene: str, concepts: str, tokenizers: list) -> tuple[str, bool]:
     """``"scene, concepts"`` with as many of the scene's leading words as every tokenizer can hold beside the whole
     concept phrase; True when words had to go."""
+    if not concepts:
+        return scene, False
+    words = scene.split()
 
-    def caption(words: int) -> str:
-        kept = " ".join(scene.split()[:words])
-        return (
-            DEFAULT_CAPTION_TEMPLATE.format(caption=kept, concepts=concepts) if kept and concepts else kept or concepts
-        )
+    def caption(count: int) -> str:
+        kept = scene if count == len(words) else " ".join(words[:count])
+        return DEFAULT_CAPTION_TEMPLATE.format(caption=kept, concepts=concepts) if kept else concepts
 
-    def fits(words: int) -> bool:
-        text = caption(words)
+    def fits(count: int) -> bool:
+        text = caption(count)
         return all(len(tok(text).input_ids) <= tok.model_max_length for tok in tokenizers)
 
-    total = len(scene.split())
-    if not concepts or fits(total):
-        return (caption(total) if concepts else scene), False
-    low, high = 0, total - 1  # the most words that fit; at worst none: the phrase alone, cut only if it cannot fit
+    if fits(len(words)):
+        return caption(len(words)), False
+    low, high = 0, len(words) - 1  # the most words that fit; at worst none: the phrase alone (cut if even it is long)
     while low < high:
         middle = (low + high + 1) // 2
         low, high = (middle, high) if fits(middle) else (low, middle - 1)
