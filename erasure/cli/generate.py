@@ -64,11 +64,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "also cancels the guidance towards the prompt (washed-out images)",
     )
     parser.add_argument(
-        "--concept-negative-scale", type=float, help="weight of the concept negation (default: --guidance minus 1)"
+        "--concept-negative-scale",
+        type=float,
+        help="weight of the concept negation (default: the CFG scale minus 1; 1 on distilled FLUX)",
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one image per prompt and seed")
     parser.add_argument("--steps", type=int, default=50, help="denoising steps")
     parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+    parser.add_argument(
+        "--true-cfg-scale",
+        type=float,
+        help="FLUX only: true classifier-free guidance with --negative-prompt (guidance-distilled FLUX has none)",
+    )
     parser.add_argument("--size", type=int, help="image height and width in pixels (default: the model's)")
     parser.add_argument("--device", default="auto", help="torch device; auto picks cuda when available")
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: float16 on a GPU, float32 on the CPU")
@@ -144,6 +151,7 @@ def _parameters(args: argparse.Namespace, device: str, dtype: str) -> dict:
         "seeds": args.seeds,
         "steps": args.steps,
         "guidance": args.guidance,
+        "true_cfg_scale": args.true_cfg_scale,
         "size": args.size,
         "device": device,
         "dtype": dtype,
@@ -219,6 +227,7 @@ def run(args: argparse.Namespace) -> int:
             generator=[torch.Generator("cpu").manual_seed(seed) for seed in missing],
             num_inference_steps=args.steps,
             guidance_scale=args.guidance,
+            **({"true_cfg_scale": args.true_cfg_scale} if args.true_cfg_scale is not None else {}),
             height=args.size,
             width=args.size,
             sld=args.sld,

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import FluxPipeline, StableDiffusion3Pipeline
+from PIL import Image
 
 from erasure.guiders import SafeLatentDiffusionGuidance
 from erasure.pipelines import SLDFluxPipeline, SLDSD3Pipeline
@@ -282,7 +283,14 @@ def test_saved_tiny_models_load_as_diffusers_and_as_ours(tmp_path, save, cls):
     assert images.shape == (1, 32, 32, 3) and np.isfinite(images).all()
 
 
-@pytest.mark.parametrize(("save", "extra"), [(save_tiny_sd3, []), (save_tiny_flux, ["--size", "32"])])
+@pytest.mark.parametrize(
+    ("save", "extra"),
+    [
+        (save_tiny_sd3, []),
+        (save_tiny_flux, ["--size", "32"]),
+        (save_tiny_flux, ["--size", "32", "--true-cfg-scale", "2", "--negative-prompt", "blurry"]),
+    ],
+)
 def test_generate_cli_with_sld_on_a_saved_folder(tmp_path, save, extra):
     from erasure.cli import main
 
@@ -290,7 +298,16 @@ def test_generate_cli_with_sld_on_a_saved_folder(tmp_path, save, extra):
     argv = ["generate", "a prompt", "--model", str(model), "--sld", "medium", "--out", str(out), "--steps", "2"]
     assert main(argv + extra) == 0
     assert sorted(p.name for p in out.glob("*.png")) == ["00000_seed0.png"]
-    assert json.loads((out / "generate.json").read_text())["parameters"]["sld"] == "medium"
+    parameters = json.loads((out / "generate.json").read_text())["parameters"]
+    assert parameters["sld"] == "medium"
+    assert parameters["true_cfg_scale"] == (2.0 if "--true-cfg-scale" in extra else None)
+    if "--true-cfg-scale" in extra:  # the option reaches the pipeline: the negative prompt now counts
+        plain = tmp_path / "plain"
+        assert (
+            main([*argv[:-4], "--out", str(plain), "--steps", "2", "--size", "32", "--negative-prompt", "blurry"]) == 0
+        )
+        pixels = [np.asarray(Image.open(d / "00000_seed0.png"), dtype=int) for d in (out, plain)]
+        assert np.abs(pixels[0] - pixels[1]).max() > 0
 
 
 def test_package_exports_the_flow_pipelines_lazily():
