@@ -76,7 +76,7 @@ def main() -> None:
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, 1000, (args.batch_size,), device=device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            hidden, _ = encode_prompts([encoder], input_ids, args.resolution)
+            hidden, _ = encode_prompts([encoder], input_ids)
             prediction = unet(scheduler.add_noise(latents, noise, timesteps), timesteps, hidden).sample
             loss = diffusion_loss(prediction, noise, masks, 0.5)
         loss.backward()

@@ -228,8 +228,13 @@ def export_run(
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
         global_step = checkpoint_step(source)
-    elif global_step is None and (run_dir / METADATA_FILE).is_file():  # re-export: keep what training recorded
-        global_step = json.loads((run_dir / METADATA_FILE).read_text(encoding="utf-8")).get("global_step")
+    earlier = (
+        json.loads((run_dir / METADATA_FILE).read_text(encoding="utf-8"))
+        if (run_dir / METADATA_FILE).is_file()
+        else {}
+    )
+    if checkpoint is None and global_step is None:  # re-export: keep what training recorded
+        global_step = earlier.get("global_step")
     if not _weight_files(run_dir):
         raise ConfigError(f"{run_dir}: no trained weights; finish training or pass a checkpoint to export from")
 
@@ -253,6 +258,8 @@ def export_run(
         "negative_prompt": {"template": template, "frequent_cells": cells},
         "files": {os.path.relpath(path, run_dir): sha256(path) for path in files},  # a single file may be outside
     }
+    if "training" in earlier and checkpoint is None:  # how the run trained (processes, precision, captions)
+        metadata["training"] = earlier["training"]
     (run_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
     return metadata
 

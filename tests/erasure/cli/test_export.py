@@ -78,8 +78,9 @@ def test_learned_embeds_load_with_textual_inversion(geom_run, tiny_sd_dir):
 
 
 def test_erasure_json_records_the_run_and_hashes_every_file(geom_run):
-    metadata = json.loads((geom_run / "erasure.json").read_text())
+    metadata = json.loads((geom_run / "erasure.json").read_text())  # after the kohya test's re-export
     assert metadata["global_step"] == 4
+    assert metadata["training"]["captions"] == 6 and metadata["training"]["shortened_captions"] == 0
     assert metadata["recipe"]["lora"]["alpha"] == 8 and metadata["base_model"]["kind"] == "sd"
     assert metadata["dataset"]["num_rows"] == 6 and metadata["dataset"]["fingerprint"]
     assert metadata["negative_prompt"]["frequent_cells"]["watermark"][0] == [2, 2, 6]
