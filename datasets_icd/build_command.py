@@ -8,7 +8,7 @@ examples:
   icd build --source folder:photos --detectors qr ocr --num-proc 4 --out outputs/photos-icd
   icd build --source folder:photos --paste watermark=0.5 text=0.3 qrcode=0.2 \
       --paste-config split=heldout repeats=4 jpeg_rate=0.8 --out outputs/photos-pasted
-  icd build --source hf:outputs/my-dataset --caption-column caption --detectors yolo:runs/wm.safetensors --out outputs/x
+  icd build --source hf:outputs/my-dataset --caption-column caption --detectors yolo:runs/wm.safetensors --out out/x
   icd build --source folder:photos --detectors qr ocr yolo:assets/detectors/photo_yolo.safetensors \
       --captioner models/vit-gpt2-captioning --out outputs/photos-icd
   accelerate launch -m datasets_icd.cli build --source folder:photos --detectors qr --out /shared/icd

@@ -17,7 +17,7 @@ import argparse
 import hashlib
 from pathlib import Path
 
-from detectors.yolo import save_yolo
+from detectors.yolo import import_ultralytics, save_yolo
 
 WARNING = "convert-yolo unpickles its input: use it only on .pt files you trust (your own, or from a source you trust)"
 
@@ -36,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def convert(checkpoint: Path, out: Path, imgsz: int | None = None) -> Path:
     """Unpickle ``checkpoint`` (trusted by the caller) and write its detection model as safetensors weights."""
     import torch
+
+    import_ultralytics()
     from ultralytics.nn.tasks import DetectionModel
 
     if out.suffix != ".safetensors":

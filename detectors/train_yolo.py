@@ -26,7 +26,7 @@ import yaml
 from PIL import Image
 from tqdm import tqdm
 
-from detectors.yolo import YOLODetector, load_yolo_model, save_yolo
+from detectors.yolo import YOLODetector, import_ultralytics, load_yolo_model, save_yolo
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -185,6 +185,8 @@ def _init_checkpoint(weights: Path, out: Path, classes: list[str]) -> tuple[str,
 
 def run(args: argparse.Namespace) -> int:
     from datasets import load_from_disk
+
+    import_ultralytics()
     from ultralytics import YOLO
 
     from detectors.evaluate import evaluate_dataset, write_report

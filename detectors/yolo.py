@@ -23,6 +23,15 @@ os.environ.setdefault("YOLO_OFFLINE", "1")  # before ultralytics is imported: no
 FORMAT = "implicit-erasure/ultralytics-detect"
 
 
+def import_ultralytics() -> None:
+    """Import ultralytics and undo its replacement of ``PIL.Image.open``: on a file Pillow cannot identify, the
+    replacement tries to pip-install an HEIF plugin and then fails with ModuleNotFoundError, so once YOLO was loaded
+    an unreadable image crashed a batch instead of being skipped with its reason (``detectors.images``)."""
+    from ultralytics.utils import patches
+
+    Image.open = patches._image_open
+
+
 def save_yolo(model: torch.nn.Module, path: str | Path, imgsz: int, metadata: dict[str, str] | None = None) -> Path:
     """Write an ultralytics ``DetectionModel`` as safetensors with its architecture, class names and the image
     size it was trained at (the size inference should use); ``metadata`` adds header fields (provenance)."""
@@ -51,6 +60,8 @@ def load_yolo_model(path: str | Path) -> tuple[torch.nn.Module, int]:
     """Rebuild the ``DetectionModel`` from the header and load its tensors; no pickle is involved."""
     from safetensors import safe_open
     from safetensors.torch import load_file
+
+    import_ultralytics()
     from ultralytics.nn.tasks import DetectionModel
 
     path = Path(path)

@@ -202,3 +202,14 @@ def test_train_yolo_fine_tunes_converted_weights_of_other_classes(tmp_path, no_n
     assert tuned.state_dict()[first].shape == converted.state_dict()[first].shape  # still a yolov8n
     assert (tuned.state_dict()[first].float() - converted.state_dict()[first].float()).abs().mean() < 0.01
     assert no_network == []
+
+
+def test_loading_yolo_leaves_unreadable_images_unreadable(random_yolo_weights, tmp_path, no_network):
+    """Ultralytics' import swaps PIL.Image.open for one that pip-installs a plugin on unknown files; not ours."""
+    from detectors.images import UnreadableImageError, open_image
+
+    load(f"yolo:{random_yolo_weights}?device=cpu")
+    (tmp_path / "letter.jpg").write_text("not an image")
+    with pytest.raises(UnreadableImageError, match="letter.jpg"):
+        open_image(tmp_path / "letter.jpg")
+    assert no_network == []
