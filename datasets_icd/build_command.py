@@ -148,11 +148,7 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        summary = build(config_from_args(args), args.out, num_proc=args.num_proc, resume=args.resume)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"icd build: error: {err}", file=sys.stderr)
-        return 2
+    summary = build(config_from_args(args), args.out, num_proc=args.num_proc, resume=args.resume)
     if summary:  # only the main process reports
         rates = ", ".join(f"{name} {s['rate']:.1%}" for name, s in summary["concepts"].items()) or "no concepts"
         print(f"{summary['rows']} images ({rates}), {len(summary['skipped'])} skipped -> {args.out}")

@@ -16,9 +16,6 @@ from detectors.cli import main as detectors
 from erasure.cli import main as erasure
 
 SCRIPTS = {"icd": icd, "detectors": detectors, "erasure": erasure}
-BUILD_CATCHES_ITS_OWN = pytest.mark.xfail(
-    strict=True, reason="datasets_icd/build_command.py run() still catches ValueError and FileNotFoundError itself"
-)
 
 
 @pytest.fixture
@@ -70,16 +67,7 @@ def test_a_user_error_is_one_line_and_exit_2(files, capsys, script, argv, named,
     assert "Traceback" not in err
 
 
-# icd build answers ValueError and FileNotFoundError itself, before run_cli sees them
-DEBUG_CASES = [
-    pytest.param(*case, marks=BUILD_CATCHES_ITS_OWN)
-    if case[0] == "icd" and case[3] is not NotADirectoryError
-    else case
-    for case in CASES
-]
-
-
-@pytest.mark.parametrize(("script", "argv", "named", "error"), DEBUG_CASES, ids=IDS)
+@pytest.mark.parametrize(("script", "argv", "named", "error"), CASES, ids=IDS)
 def test_debug_lets_the_error_through(files, script, argv, named, error):
     with pytest.raises(error):
         SCRIPTS[script](["--debug", *_argv(argv, files)])
