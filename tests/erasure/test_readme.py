@@ -2,8 +2,9 @@
 
 A documented call that no test executes is a bug waiting for a user (the README once showed a
 ``load_textual_inversion`` call that failed). The stand-ins: hub ids name tiny random pipelines, ``outputs/RUN`` a
-short training run, ``photos/`` a few toy-world scenes with a watermark; commands that train get the sizes of a
-test (:data:`TEST_SIZES`). ``make`` targets are what CI runs (``.ci/run``).
+short training run, ``photos/`` and ``clean-photos/`` a few toy-world scenes with and without a watermark; commands
+that train get the sizes of a test (:data:`TEST_SIZES`, :data:`YOLO_TEST_SIZES`). ``make`` targets are what CI runs
+(``.ci/run``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ TEST_SIZES = [
     "model.variant=null",
     "report_to=null",
 ]
+# ... and the YOLO training of a few epochs on the stand-in photos.
+YOLO_TEST_SIZES = ["--epochs", "1", "--imgsz", "64", "--batch", "4", "--workers", "0", "--device", "cpu"]
 CI_TARGETS = {"demo", "test"}
 
 
@@ -48,11 +51,11 @@ def stand_ins(tmp_path, monkeypatch, tiny_sd_dir, tiny_sdxl_dir, trained_runs):
 
     for name in ("recipes", "assets", "train.py"):
         (tmp_path / name).symlink_to(REPO / name)
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    world = ToyWorld(ToyWorldConfig(seed=3, concept_rates={"watermark": 1.0}, watermark_logo_rate=1.0))
-    for i in range(4):
-        world.sample(i).image.save(photos / f"{i}.png")
+    for folder, rates in (("photos", {"watermark": 1.0}), ("clean-photos", {})):
+        (tmp_path / folder).mkdir()
+        world = ToyWorld(ToyWorldConfig(seed=3, concept_rates=rates, watermark_logo_rate=1.0))
+        for i in range(6):
+            world.sample(i).image.save(tmp_path / folder / f"{i}.png")
     monkeypatch.chdir(tmp_path)
     return {
         "stable-diffusion-v1-5/stable-diffusion-v1-5": str(tiny_sd_dir),
@@ -91,6 +94,8 @@ def test_every_command_runs(stand_ins, tiny_sd_dir):
             assert program in entry_points, f"README: no test runs {shlex.join(argv)}"
             if args[:1] == ["train"]:
                 args += [f"model.pretrained={tiny_sd_dir}", "model.kind=null", *TEST_SIZES]
+            if args[:1] == ["train-yolo"]:
+                args += YOLO_TEST_SIZES
             if args[:1] == ["generate"]:
                 args += ["--steps", "2", "--size", "32"]
             assert entry_points[program](args) == 0, shlex.join(argv)
