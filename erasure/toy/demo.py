@@ -36,6 +36,7 @@ import yaml
 TOY_BASE = Path("assets/toy-sd")
 TOY_DETECTOR = Path("assets/detectors/toy_yolo.safetensors")
 TOY_CHECKER = Path("assets/toy-checker")
+TOY_LATENT_CLIP = Path("assets/latent-clip-toy")
 RECIPES = Path("recipes")
 RANDOM_BASE = "tiny-random"
 # The methods of the toy-world table: which run they sample from (None: the base model) and how; "run" is the
@@ -275,10 +276,15 @@ def main(argv: list[str] | None = None) -> int:
         "them: at 7.5 a naive model that draws watermarks in 44%% of unguided images shows them in 6%%",
     )
     parser.add_argument("--batch-size", type=int, default=16, help="images per sampling batch in the ICR")
-    parser.add_argument("--latent-clip", type=Path, help="Latent-CLIP directory, for the naive_latent_clip method")
+    parser.add_argument(
+        "--latent-clip",
+        type=Path,
+        help=f"Latent-CLIP directory for the naive_latent_clip method (default: PROJECT/{TOY_LATENT_CLIP})",
+    )
     args = parser.parse_args(argv)
-    if "naive_latent_clip" in args.methods and args.latent_clip is None:
-        parser.error("the naive_latent_clip method needs --latent-clip DIR (python -m erasure.latent_clip.train)")
+    args.latent_clip = args.latent_clip or args.project / TOY_LATENT_CLIP
+    if "naive_latent_clip" in args.methods and not (args.latent_clip / "config.json").is_file():
+        parser.error(f"naive_latent_clip needs a Latent-CLIP: none at {args.latent_clip} (--latent-clip DIR)")
     args.out.mkdir(parents=True, exist_ok=True)
     settings = {
         k: str(v) for k, v in vars(args).items() if k not in ("methods", "record", "batch_size", "latent_clip")

@@ -50,7 +50,7 @@ def test_demo_runs_the_whole_chain(tmp_path, tiny_sd_dir, tiny_latent_clip_dir):
     assert (tmp_path / "demo.png").stat().st_size > 0
     record = tmp_path / "toy_icr.json"
     with pytest.raises(SystemExit):  # naive_latent_clip without a Latent-CLIP
-        main([*argv, "--methods", "naive_latent_clip"])
+        main([*argv, "--methods", "naive_latent_clip", "--latent-clip", str(tmp_path / "none")])
     everything = ["--methods", *METHODS, "--record", str(record), "--latent-clip", str(tiny_latent_clip_dir)]
     assert main([*argv, *everything]) == 0  # reuses runs, adds the other cells
     table = json.loads(record.read_text())["watermark"]
@@ -72,6 +72,16 @@ def test_record_replaces_the_concepts_table_keeps_the_others_and_names_dropped_r
     assert table["watermark"] == {"naive": {**row, "icr": 0.42}, "geom_erasing_plain": {**row, "icr": 0.01}}
     assert table["text"] == {"naive": row}
     assert "without naive_latent_clip (not rerun)" in capsys.readouterr().err
+
+
+def test_the_committed_latent_clip_reads_the_toy_models_latents():
+    from erasure.latent_clip import LatentClip
+    from erasure.toy.demo import TOY_BASE, TOY_LATENT_CLIP
+
+    model = LatentClip.from_pretrained(TOY_LATENT_CLIP)
+    vae = json.loads((TOY_BASE / "vae" / "config.json").read_text())
+    unet = json.loads((TOY_BASE / "unet" / "config.json").read_text())
+    assert model.latent_shape == (vae["latent_channels"], unet["sample_size"], unet["sample_size"])
 
 
 def test_a_missing_toy_model_is_an_error_not_random_weights(tmp_path):
