@@ -28,8 +28,10 @@ class ModelSection(StrictModel):
         description="for a single-file pretrained: a diffusers folder of the same architecture to read its configs "
         "and tokenizers from (needed offline; online diffusers finds them on the hub)",
     )
-    kind: Literal["sd", "sdxl"] | None = Field(
-        None, description="pipeline family: SD 1.x/2.x or SDXL; null reads it from model_index.json (or the file)"
+    kind: Literal["sd", "sdxl", "sd3", "flux"] | None = Field(
+        None,
+        description="pipeline family: SD 1.x/2.x, SDXL, SD3 / SD3.5 or FLUX.1; null reads it from model_index.json "
+        "(or the file)",
     )
     revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
     variant: str | None = Field(None, description="weights variant, e.g. fp16")
@@ -60,8 +62,10 @@ class DataSection(StrictModel):
 class LoraSection(StrictModel):
     rank: int = Field(4, ge=1, description="LoRA rank r")
     alpha: float | None = Field(None, gt=0, description="LoRA alpha; defaults to the rank (scale 1)")
-    target_modules: list[str] = Field(
-        ["to_q", "to_k", "to_v", "to_out.0"], description="UNet module names that receive LoRA adapters"
+    target_modules: list[str] | None = Field(
+        None,
+        description="module names that receive LoRA adapters; null: the family's: to_q, to_k, to_v, to_out.0 (UNet), "
+        "and for SD3 / FLUX also the joint blocks' text-stream add_q_proj, add_k_proj, add_v_proj, to_add_out",
     )
     full_unet: bool = Field(False, description="fine-tune every UNet weight instead of LoRA")
 
@@ -93,6 +97,10 @@ class TrainSection(StrictModel):
     snr_gamma: float | None = Field(None, gt=0, description="Min-SNR loss weighting gamma (5.0 is typical)")
     prediction_type: Literal["epsilon", "v_prediction"] | None = Field(
         None, description="training target; null keeps the base model scheduler's"
+    )
+    timestep_sampling: Literal["logit_normal", "mode", "cosmap", "none"] = Field(
+        "logit_normal",
+        description="SD3 / FLUX: density of the noise level sigma (diffusers' weighting_scheme; none is uniform)",
     )
     seed: int = Field(0, description="seed of data order, noise and initialisation")
     stop_at_step: int | None = Field(

@@ -123,17 +123,35 @@ def _metadata(run_dir: Path) -> dict[str, Any]:
 
 
 def _text_encoders(pipe: Any) -> list[tuple[Any, Any]]:
-    """(tokenizer, text encoder) pairs of a pipeline that take textual-inversion rows: the CLIP ones."""
+    """(tokenizer, text encoder) pairs of a pipeline that take textual-inversion rows: the CLIP ones (FLUX's
+    ``text_encoder_2`` is its T5, which keeps its own vocabulary)."""
     pairs = [(pipe.tokenizer, pipe.text_encoder)]
-    if getattr(pipe, "text_encoder_2", None) is not None and getattr(pipe, "tokenizer_2", None) is not None:
-        pairs.append((pipe.tokenizer_2, pipe.text_encoder_2))
+    second = getattr(pipe, "text_encoder_2", None)
+    if (
+        second is not None
+        and getattr(pipe, "tokenizer_2", None) is not None
+        and type(second).__name__.startswith("CLIP")
+    ):
+        pairs.append((pipe.tokenizer_2, second))
     return pairs
+
+
+def _add_rows(tokenizer: Any, encoder: Any, rows: dict[str, Any]) -> None:
+    """What ``load_textual_inversion`` does, for pipelines without it (SD3): new tokens with the given rows."""
+    import torch
+
+    tokenizer.add_tokens(list(rows))
+    encoder.resize_token_embeddings(len(tokenizer))
+    weight = encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        weight[tokenizer.convert_tokens_to_ids(list(rows))] = torch.stack(list(rows.values())).to(weight)
 
 
 def load_learned_embeds(pipe: Any, run_dir: str | Path) -> list[str]:
     """Add a run's location tokens to every text encoder of ``pipe`` through ``pipe.load_textual_inversion``.
 
-    One file per encoder (:data:`EMBEDS_FILES` order): SDXL's second file goes to ``text_encoder_2``. A file holds
+    One file per CLIP encoder (:data:`EMBEDS_FILES` order): SDXL's and SD3's second file goes to ``text_encoder_2``;
+    SD3, whose pipeline has no ``load_textual_inversion``, gets the same rows written directly. A file holds
     one row per token, which diffusers' single-file textual-inversion format cannot carry, so the rows are passed
     as tensors with their token names. Returns the tokens added.
     """
@@ -154,7 +172,12 @@ def load_learned_embeds(pipe: Any, run_dir: str | Path) -> list[str]:
                 f"{path}: token {wrong[0]} has a row of shape {tuple(saved[wrong[0]].shape)}, the text encoder "
                 f"takes ({width},): the run was trained on another base model"
             )
-        pipe.load_textual_inversion(list(saved.values()), token=list(saved), tokenizer=tokenizer, text_encoder=encoder)
+        if hasattr(pipe, "load_textual_inversion"):
+            pipe.load_textual_inversion(
+                list(saved.values()), token=list(saved), tokenizer=tokenizer, text_encoder=encoder
+            )
+        else:
+            _add_rows(tokenizer, encoder, saved)
         tokens = list(saved)
     return tokens
 

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import yaml
 from datasets import Dataset
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers import UNet2DConditionModel
 from diffusers.utils import (
     SAFE_WEIGHTS_INDEX_NAME,
     SAFETENSORS_WEIGHTS_NAME,
@@ -56,14 +56,16 @@ from erasure.runs import (
     latest_checkpoint,
 )
 from erasure.training.data import dataset_phrases, load_icd
+from erasure.training.models import FLOW_KINDS, PIPELINES
 from erasure.training.tokens import restore_embeddings, save_embeddings
 from erasure.webui import WEBUI_DIR, write_webui_files
 
 VERSIONED = ("torch", "diffusers", "transformers", "peft", "accelerate", "datasets", "safetensors", "implicit-erasure")
 
 
-def _pipeline_class(recipe: Recipe) -> type:
-    return StableDiffusionXLPipeline if recipe.model.kind == "sdxl" else StableDiffusionPipeline
+def _lora_prefix(recipe: Recipe) -> str:
+    """The component the LoRA keys are prefixed with, as diffusers' ``save_lora_weights`` names it."""
+    return "transformer" if recipe.model.kind in FLOW_KINDS else "unet"
 
 
 def save_weights(
@@ -74,11 +76,15 @@ def save_weights(
     if recipe.lora.full_unet:
         unet.save_pretrained(out_dir / UNET_DIR, safe_serialization=True)
     elif recipe.train.mode != "tokens_only":
-        lora = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-        _pipeline_class(recipe).save_lora_weights(
+        lora, prefix = get_peft_model_state_dict(unet), _lora_prefix(recipe)
+        if prefix == "unet":  # diffusers' UNet LoRA names; transformer LoRAs keep peft's (lora_A / lora_B)
+            lora = convert_state_dict_to_diffusers(lora)
+        PIPELINES[recipe.model.kind].save_lora_weights(
             out_dir,
-            unet_lora_layers=lora,
-            unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+            **{
+                f"{prefix}_lora_layers": lora,
+                f"{prefix}_lora_adapter_metadata": unet.peft_config["default"].to_dict(),
+            },
             safe_serialization=True,
         )
     if tokens:
@@ -90,8 +96,10 @@ def load_weights(in_dir: Path, recipe: Recipe, unet, tokenizers: list, text_enco
     if recipe.lora.full_unet:
         unet.load_state_dict(_model_state_dict(in_dir / UNET_DIR))
     elif recipe.train.mode != "tokens_only":
-        saved = load_file(in_dir / LORA_FILE)
-        lora = convert_unet_state_dict_to_peft({k.removeprefix("unet."): v for k, v in saved.items()})
+        prefix = _lora_prefix(recipe)
+        lora = {k.removeprefix(f"{prefix}."): v for k, v in load_file(in_dir / LORA_FILE).items()}
+        if prefix == "unet":
+            lora = convert_unet_state_dict_to_peft(lora)
         result = set_peft_model_state_dict(unet, lora, adapter_name="default")
         if result.unexpected_keys:
             raise ValueError(f"{in_dir / LORA_FILE}: keys that do not fit this UNet: {result.unexpected_keys[:3]}")

@@ -59,11 +59,15 @@ from erasure.training.export import (
 )
 from erasure.training.loss import diffusion_loss, min_snr_weights
 from erasure.training.models import (
+    FLOW_KINDS,
     HALF_PRECISION,
     encode_prompts,
+    flow_noising,
+    flow_prediction,
+    flow_sigmas,
     load_components,
+    lora_targets,
     model_kind,
-    tokenize,
     trainable_unet_parameters,
 )
 from erasure.training.tokens import add_location_tokens, train_only_rows
@@ -121,6 +125,23 @@ def check_recipe(recipe: Recipe) -> None:
         )
     if recipe.checkpoint.resume not in (None, "latest") and not Path(recipe.checkpoint.resume).is_dir():
         raise ConfigError(f"checkpoint.resume = '{recipe.checkpoint.resume}': no such checkpoint directory")
+
+
+def check_flow_recipe(recipe: Recipe) -> None:
+    """What a flow-matching model (SD3 / FLUX, known once ``model.kind`` is) cannot train with."""
+    if recipe.model.kind not in FLOW_KINDS:
+        return
+    unsupported = {
+        "train.prediction_type": recipe.train.prediction_type,
+        "train.snr_gamma": recipe.train.snr_gamma,
+        "validation.prompts": recipe.validation.prompts,
+    }
+    for key, value in unsupported.items():
+        if value:
+            raise ConfigError(
+                f"{key} = {value!r} does not apply to model.kind={recipe.model.kind}: it trains the flow-matching "
+                f"velocity, sampled by train.timestep_sampling (validation grids are UNet-only for now); unset {key}"
+            )
 
 
 def make_optimizer(recipe: Recipe, unet_params: list, token_params: list) -> torch.optim.Optimizer:
@@ -250,6 +271,8 @@ def train(recipe: Recipe) -> TrainResult:
     check_recipe(recipe)
     recipe = recipe.model_copy(deep=True)
     recipe.model.kind = model_kind(recipe.model)  # recorded in recipe.yaml, so exports and resumes need no detection
+    recipe.lora.target_modules = recipe.lora.target_modules or lora_targets(recipe.model.kind)
+    check_flow_recipe(recipe)
     checkpoint = resume_checkpoint(recipe)
     dataset = load_icd(recipe)
     run_dir = recipe.run_dir
@@ -282,6 +305,8 @@ def train(recipe: Recipe) -> TrainResult:
     parts.unet.to(accelerator.device, dtype=weight_dtype)
     for encoder in parts.text_encoders:
         encoder.to(accelerator.device, dtype=torch.float32 if tokens else weight_dtype)
+    if parts.t5 is not None:  # frozen, as the other frozen weights: only its output meets the transformer
+        parts.t5.requires_grad_(False).to(accelerator.device, dtype=weight_dtype)
     cast_training_params(parts.unet, dtype=torch.float32)
     # What the UNet's frozen weights are stored in: its inputs are cast to it (a full fine-tune is all fp32; fp16 on a
     # CPU gets no autocast from accelerate, so nothing else would reconcile the two).
@@ -311,8 +336,8 @@ def train(recipe: Recipe) -> TrainResult:
         logger.warning("%d of %d captions were shortened to keep their location tokens", shortened, len(captions))
     examples = TrainingExamples(
         latents,
-        tokenize(parts.tokenizers, captions),
-        tokenize(parts.tokenizers, dropped_captions(dataset, recipe, concepts)),
+        parts.tokenize(captions),
+        parts.tokenize(dropped_captions(dataset, recipe, concepts)),
         [region_mask(kept, side, side, latent_size) for kept in concepts],
         crops,
     )
@@ -389,27 +414,36 @@ def train(recipe: Recipe) -> TrainResult:
                 generator = noise_source.generator
                 latents = sample_latents(batch["latent_dist"], parts.vae.config, generator).to(unet_dtype)
                 noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
-                timesteps = torch.randint(
-                    0,
-                    scheduler.config.num_train_timesteps,
-                    (len(latents),),
-                    device=latents.device,
-                    generator=generator,
-                )
-                noisy = scheduler.add_noise(latents, noise, timesteps)
+                if parts.flow:
+                    sigmas = flow_sigmas(scheduler, len(latents), recipe.train.timestep_sampling, generator)
+                    noisy, target = flow_noising(latents, noise, sigmas)
+                else:
+                    timesteps = torch.randint(
+                        0,
+                        scheduler.config.num_train_timesteps,
+                        (len(latents),),
+                        device=latents.device,
+                        generator=generator,
+                    )
+                    noisy = scheduler.add_noise(latents, noise, timesteps)
                 input_ids = batch["input_ids"]
                 if recipe.train.caption_dropout > 0:  # no draw at 0, so runs without it keep their noise sequence
                     input_ids = drop_captions(input_ids, batch["dropped_ids"], recipe.train.caption_dropout, generator)
-                with torch.set_grad_enabled(bool(tokens)):
-                    hidden, added = encode_prompts(encoders, input_ids, batch["time_ids"], unet_dtype)
-                if scheduler.config.prediction_type == "epsilon":
-                    target = noise
-                elif scheduler.config.prediction_type == "v_prediction":
-                    target = scheduler.get_velocity(latents, noise, timesteps)
+                weights = None
+                if parts.flow:
+                    with torch.set_grad_enabled(bool(tokens)):
+                        prediction = flow_prediction(parts, unet, noisy, sigmas, encoders, input_ids, unet_dtype)
                 else:
-                    raise ValueError(f"Unknown prediction type {scheduler.config.prediction_type}")
-                prediction = unet(noisy, timesteps, hidden, added_cond_kwargs=added, return_dict=False)[0]
-                weights = min_snr_weights(scheduler, timesteps, snr_gamma) if snr_gamma else None
+                    with torch.set_grad_enabled(bool(tokens)):
+                        hidden, added = encode_prompts(encoders, input_ids, batch["time_ids"], unet_dtype)
+                    if scheduler.config.prediction_type == "epsilon":
+                        target = noise
+                    elif scheduler.config.prediction_type == "v_prediction":
+                        target = scheduler.get_velocity(latents, noise, timesteps)
+                    else:
+                        raise ValueError(f"Unknown prediction type {scheduler.config.prediction_type}")
+                    prediction = unet(noisy, timesteps, hidden, added_cond_kwargs=added, return_dict=False)[0]
+                    weights = min_snr_weights(scheduler, timesteps, snr_gamma) if snr_gamma else None
                 loss = diffusion_loss(prediction, target, batch["mask"], alpha, weights)
                 step_loss += accelerator.gather(loss.detach()).mean().item() / recipe.train.gradient_accumulation_steps
                 accelerator.backward(loss)

@@ -1,0 +1,109 @@
+"""Geom-Erasing on flow-matching models: tiny random SD3 and FLUX.1 train, export, load and sample."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from datasets_icd.geometry import location_vocabulary
+from erasure.runs import LORA_FILE
+from erasure.testing import save_tiny_flux, save_tiny_sd3
+from erasure.training.models import flow_noising
+
+FAMILIES = {  # kind: (builder, pipeline, SLD pipeline, learned-embeds files)
+    "sd3": (save_tiny_sd3, "StableDiffusion3Pipeline", "SLDSD3Pipeline", 2),
+    "flux": (save_tiny_flux, "FluxPipeline", "SLDFluxPipeline", 1),
+}
+
+
+def test_flow_noising_gives_the_interpolation_and_its_velocity():
+    x0, noise = torch.full((2, 1, 1, 1), 2.0), torch.full((2, 1, 1, 1), -1.0)
+    noisy, target = flow_noising(x0, noise, torch.tensor([0.25, 1.0]))
+    assert noisy.flatten().tolist() == [0.75 * 2 + 0.25 * -1, -1.0]  # x_t = (1 - σ) x0 + σ ε; σ = 1 is pure noise
+    assert target.flatten().tolist() == [-3.0, -3.0]  # v = ε - x0
+
+
+@pytest.mark.parametrize("kind", list(FAMILIES))
+def test_flow_model_trains_exports_and_loads(tmp_path, draw_tiny_icd, train_tiny, monkeypatch, kind):
+    import diffusers
+
+    import erasure
+    import erasure.training.loop as loop
+
+    build, pipeline_name, sld_name, num_embeds = FAMILIES[kind]
+    model_dir = build(tmp_path / "model")
+    icd = draw_tiny_icd(tmp_path / "icd", n=4)
+    loaded = []
+    load_components = loop.load_components
+    monkeypatch.setattr(loop, "load_components", lambda *a, **k: loaded.append(load_components(*a, **k)) or loaded[-1])
+    result = train_tiny(
+        tmp_path / "train", model_dir, icd, "train.max_steps=2", "loss.region_alpha=0.5", kind="null"
+    )  # model.kind read from model_index.json
+    assert result.finished and loaded[0].kind == kind
+    run_dir = result.run_dir
+
+    lora = load_file(run_dir / LORA_FILE)
+    assert all(k.startswith("transformer.") for k in lora)
+    assert any("add_q_proj" in k for k in lora)  # the joint blocks' text stream is adapted too
+    # B starts at zero: it has learned, except where no gradient reaches: SD3's last block discards its text
+    # stream's attention output (context_pre_only), so that block's add_q_proj stays as it began.
+    unlearned = {k for k, v in lora.items() if "lora_B" in k and v.abs().sum() == 0}
+    assert unlearned <= {"transformer.transformer_blocks.1.attn.add_q_proj.lora_B.weight"}
+    tokens = location_vocabulary(4)
+    base = getattr(diffusers, pipeline_name).from_pretrained(model_dir)
+    encoders = [base.text_encoder, base.text_encoder_2][:num_embeds]
+    for i, encoder in enumerate(encoders):
+        name = "learned_embeds.safetensors" if i == 0 else "learned_embeds_2.safetensors"
+        rows = load_file(run_dir / name)
+        assert list(rows) == tokens
+        stacked = torch.stack(list(rows.values()))
+        assert not torch.allclose(stacked[0], stacked[-1])  # all rows start at the same mean embedding
+        trained = loaded[0].text_encoders[i].get_input_embeddings().weight.detach().cpu()
+        old = encoder.get_input_embeddings().weight.detach()
+        assert torch.equal(trained[: len(old)], old)  # only the new rows changed
+    assert not (run_dir / "learned_embeds_2.safetensors").exists() or num_embeds == 2
+    template = (run_dir / "negative_prompt.txt").read_text().strip()
+    assert template == "{prompt}, watermark <loc_2_2> <loc_2_3>"
+
+    # diffusers' own loaders
+    base.load_lora_weights(run_dir)
+    if hasattr(base, "load_textual_inversion"):
+        rows = load_file(run_dir / "learned_embeds.safetensors")
+        base.load_textual_inversion(list(rows.values()), token=list(rows), text_encoder=base.text_encoder)
+        assert len(base.tokenizer("<loc_3_3>", add_special_tokens=False).input_ids) == 1
+
+    # erasure.load_run into our SLD pipeline, and sampling with SLD and the exported template
+    def sample(pipe):
+        image = pipe(
+            "a red circle",
+            num_inference_steps=2,
+            height=32,
+            width=32,
+            sld="medium",
+            concept_negative_prompt=template,
+            generator=torch.Generator().manual_seed(0),
+            output_type="np",
+        ).images[0]
+        return np.asarray(image)
+
+    sld = getattr(erasure, sld_name)
+    before = sample(sld.from_pretrained(model_dir))
+    pipe = sld.from_pretrained(model_dir)
+    run = erasure.load_run(pipe, run_dir)
+    assert run.negative_prompt_template == template and run.tokens == tokens and run.weights == "lora"
+    assert len(pipe.tokenizer("<loc_3_3>", add_special_tokens=False).input_ids) == 1
+    after = sample(pipe)
+    assert np.isfinite(after).all() and not np.allclose(before, after)
+
+
+def test_flow_model_refuses_unet_only_settings(tmp_path, draw_tiny_icd, train_tiny):
+    from erasure.config import ConfigError
+
+    model_dir = save_tiny_sd3(tmp_path / "model")
+    icd = draw_tiny_icd(tmp_path / "icd", n=2)
+    with pytest.raises(ConfigError, match="train.snr_gamma"):
+        train_tiny(tmp_path / "train", Path(model_dir), icd, "train.snr_gamma=5", kind="sd3")
