@@ -100,10 +100,49 @@ def test_flow_model_trains_exports_and_loads(tmp_path, draw_tiny_icd, train_tiny
     assert np.isfinite(after).all() and not np.allclose(before, after)
 
 
-def test_flow_model_refuses_unet_only_settings(tmp_path, draw_tiny_icd, train_tiny):
+def test_flow_sigmas_follow_the_schedule_of_each_family():
+    from erasure.testing import tiny_flow_scheduler
+    from erasure.training.models import flow_sigmas
+
+    generator = torch.Generator().manual_seed(0)
+    for scheduler in (tiny_flow_scheduler(), tiny_flow_scheduler(use_dynamic_shifting=True)):  # SD3, FLUX
+        sigmas = flow_sigmas(scheduler, 256, "logit_normal", generator)
+        assert sigmas.shape == (256,) and (sigmas > 0).all() and (sigmas <= 1).all()
+        assert set(sigmas.tolist()) <= set(scheduler.sigmas.tolist())
+    shifted = flow_sigmas(tiny_flow_scheduler(), 256, "logit_normal", generator)
+    assert shifted.median() > 0.7  # SD3's shift 3.0 moves the logit-normal's median 0.5 to 0.75
+
+
+@pytest.mark.parametrize("override", ["train.snr_gamma=5", "validation.prompts=[a cat]", "export.kohya=true"])
+def test_flow_model_refuses_unet_only_settings(tmp_path, draw_tiny_icd, train_tiny, override):
     from erasure.config import ConfigError
 
     model_dir = save_tiny_sd3(tmp_path / "model")
     icd = draw_tiny_icd(tmp_path / "icd", n=2)
-    with pytest.raises(ConfigError, match="train.snr_gamma"):
-        train_tiny(tmp_path / "train", Path(model_dir), icd, "train.snr_gamma=5", kind="sd3")
+    with pytest.raises(ConfigError, match=override.split("=")[0]):
+        train_tiny(tmp_path / "train", Path(model_dir), icd, override, kind="sd3")
+
+
+@pytest.fixture
+def fresh_accelerator():
+    """accelerate fixes its mixed precision at the first Accelerator of a process: this test starts its own."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.mark.parametrize("kind", list(FAMILIES))
+def test_flow_model_trains_in_bf16_with_checkpointing_and_resumes(
+    tmp_path, draw_tiny_icd, train_tiny, fresh_accelerator, kind
+):
+    model_dir = FAMILIES[kind][0](tmp_path / "model")
+    icd = draw_tiny_icd(tmp_path / "icd", n=2)
+    common = ["train.mixed_precision=bf16", "train.gradient_checkpointing=true", "train.max_steps=2"]
+    first = train_tiny(tmp_path / "train", model_dir, icd, *common, "train.stop_at_step=1", kind=kind)
+    assert (first.global_step, first.finished) == (1, False)
+    resumed = train_tiny(tmp_path / "train", model_dir, icd, *common, "checkpoint.resume=latest", kind=kind)
+    assert (resumed.global_step, resumed.finished, resumed.mixed_precision) == (2, True, "bf16")
+    lora = load_file(resumed.run_dir / LORA_FILE)
+    assert all(torch.isfinite(v).all() for v in lora.values())
