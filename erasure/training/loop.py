@@ -433,8 +433,9 @@ def train(recipe: Recipe) -> TrainResult:
                     input_ids = drop_captions(input_ids, batch["dropped_ids"], recipe.train.caption_dropout, generator)
                 weights = None
                 if parts.flow:
-                    with torch.set_grad_enabled(bool(tokens)):
-                        prediction = flow_prediction(parts, unet, noisy, sigmas, encoders, input_ids, unet_dtype)
+                    prediction = flow_prediction(
+                        parts, unet, noisy, sigmas, encoders, input_ids, unet_dtype, bool(tokens)
+                    )
                 else:
                     with torch.set_grad_enabled(bool(tokens)):
                         hidden, added = encode_prompts(encoders, input_ids, batch["time_ids"], unet_dtype)

@@ -209,11 +209,13 @@ def flow_prediction(
     text_encoders: list,
     input_ids: list[torch.Tensor],
     dtype: torch.dtype,
+    train_tokens: bool,
 ) -> torch.Tensor:
     """The SD3 / FLUX transformer's velocity for ``noisy`` latents ``(B, C, h, w)``, in that layout.
 
     FLUX runs on 2 x 2 patches packed into a sequence; its prediction is unpacked again, so the loss and the region
-    mask stay in the latent grid the UNet path uses. CLIP states carry gradients to the token rows; T5 is frozen.
+    mask stay in the latent grid the UNet path uses. CLIP states carry gradients only when ``train_tokens`` (to the
+    token rows); T5 is frozen.
     """
     *clip_ids, t5_ids = input_ids
     with torch.no_grad():
@@ -222,7 +224,8 @@ def flow_prediction(
     if parts.kind == "sd3":
         hidden, pooled = [], []
         for encoder, ids in zip(text_encoders, clip_ids, strict=True):
-            out = encoder(ids, output_hidden_states=True)
+            with torch.set_grad_enabled(train_tokens):
+                out = encoder(ids, output_hidden_states=True)
             hidden.append(out.hidden_states[-2])
             pooled.append(out[0])
         clip = torch.cat(hidden, dim=-1).to(dtype)
@@ -235,7 +238,8 @@ def flow_prediction(
             return_dict=False,
         )[0]
     batch, channels, height, width = noisy.shape
-    pooled = text_encoders[0](clip_ids[0], return_dict=False)[1].to(dtype)
+    with torch.set_grad_enabled(train_tokens):
+        pooled = text_encoders[0](clip_ids[0], return_dict=False)[1].to(dtype)
     guidance = None
     if transformer.config.guidance_embeds:
         guidance = torch.full((batch,), FLUX_GUIDANCE, device=noisy.device, dtype=dtype)

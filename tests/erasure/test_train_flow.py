@@ -123,6 +123,15 @@ def test_flow_model_refuses_unet_only_settings(tmp_path, draw_tiny_icd, train_ti
         train_tiny(tmp_path / "train", Path(model_dir), icd, override, kind="sd3")
 
 
+@pytest.mark.parametrize("mode", ["naive", "tokens_only"])
+def test_flow_model_trains_every_mode(tmp_path, draw_tiny_icd, train_tiny, mode):
+    model_dir = save_tiny_flux(tmp_path / "model")
+    icd = draw_tiny_icd(tmp_path / "icd", n=2)
+    result = train_tiny(tmp_path / "train", model_dir, icd, f"train.mode={mode}", "train.max_steps=1", kind="flux")
+    files = {p.name for p in result.run_dir.iterdir()}
+    assert (LORA_FILE in files, "learned_embeds.safetensors" in files) == (mode == "naive", mode == "tokens_only")
+
+
 @pytest.fixture
 def fresh_accelerator():
     """accelerate fixes its mixed precision at the first Accelerator of a process: this test starts its own."""
