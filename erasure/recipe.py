@@ -67,7 +67,10 @@ class LoraSection(StrictModel):
         description="module names that receive LoRA adapters; null: the family's: to_q, to_k, to_v, to_out.0 (UNet), "
         "and for SD3 / FLUX also the joint blocks' text-stream add_q_proj, add_k_proj, add_v_proj, to_add_out",
     )
-    full_unet: bool = Field(False, description="fine-tune every UNet weight instead of LoRA")
+    full_unet: bool = Field(
+        False,
+        description="fine-tune every UNet weight (the transformer's for SD3 / FLUX: RUN/transformer/) instead of LoRA",
+    )
 
 
 class TrainSection(StrictModel):

@@ -51,6 +51,7 @@ from erasure.runs import (
     METADATA_FILE,
     NEGATIVE_PROMPT_FILE,
     RECIPE_FILE,
+    TRANSFORMER_DIR,
     UNET_DIR,
     checkpoint_step,
     latest_checkpoint,
@@ -64,8 +65,9 @@ VERSIONED = ("torch", "diffusers", "transformers", "peft", "accelerate", "datase
 
 
 def _lora_prefix(recipe: Recipe) -> str:
-    """The component the LoRA keys are prefixed with, as diffusers' ``save_lora_weights`` names it."""
-    return "transformer" if recipe.model.kind in FLOW_KINDS else "unet"
+    """The trained component: the LoRA keys' prefix, as diffusers' ``save_lora_weights`` names it, and the folder of
+    a full fine-tune (``load_run`` puts that folder's model in the pipeline attribute of the same name)."""
+    return TRANSFORMER_DIR if recipe.model.kind in FLOW_KINDS else UNET_DIR
 
 
 def save_weights(
@@ -74,7 +76,7 @@ def save_weights(
     """The trained weights only: LoRA (or the full UNet) and the location-token rows."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if recipe.lora.full_unet:
-        unet.save_pretrained(out_dir / UNET_DIR, safe_serialization=True)
+        unet.save_pretrained(out_dir / _lora_prefix(recipe), safe_serialization=True)
     elif recipe.train.mode != "tokens_only":
         lora, prefix = get_peft_model_state_dict(unet), _lora_prefix(recipe)
         if prefix == "unet":  # diffusers' UNet LoRA names; transformer LoRAs keep peft's (lora_A / lora_B)
@@ -94,7 +96,7 @@ def save_weights(
 def load_weights(in_dir: Path, recipe: Recipe, unet, tokenizers: list, text_encoders: list, tokens: list[str]) -> None:
     """Inverse of :func:`save_weights` into models prepared the same way (resuming from a checkpoint)."""
     if recipe.lora.full_unet:
-        unet.load_state_dict(_model_state_dict(in_dir / UNET_DIR))
+        unet.load_state_dict(_model_state_dict(in_dir / _lora_prefix(recipe)))
     elif recipe.train.mode != "tokens_only":
         prefix = _lora_prefix(recipe)
         lora = {k.removeprefix(f"{prefix}."): v for k, v in load_file(in_dir / LORA_FILE).items()}
@@ -166,7 +168,8 @@ def sha256(path: Path) -> str:
 def _weight_files(directory: Path) -> list[Path]:
     names = [LORA_FILE, *EMBEDS_FILES]
     files = [directory / name for name in names if (directory / name).is_file()]
-    return files + sorted(p for p in (directory / UNET_DIR).glob("*") if p.is_file())
+    full = [p for name in (UNET_DIR, TRANSFORMER_DIR) for p in sorted((directory / name).glob("*")) if p.is_file()]
+    return files + full
 
 
 def merged_pipeline(run_dir: Path, recipe: Recipe) -> Any:

@@ -123,13 +123,28 @@ def test_flow_model_refuses_unet_only_settings(tmp_path, draw_tiny_icd, train_ti
         train_tiny(tmp_path / "train", Path(model_dir), icd, override, kind="sd3")
 
 
-@pytest.mark.parametrize("mode", ["naive", "tokens_only"])
-def test_flow_model_trains_every_mode(tmp_path, draw_tiny_icd, train_tiny, mode):
+@pytest.mark.parametrize(
+    ("overrides", "weights", "loaded"),
+    [
+        (["train.mode=naive"], {LORA_FILE}, "lora"),
+        (["train.mode=tokens_only"], {"learned_embeds.safetensors"}, "tokens"),
+        (
+            ["lora.full_unet=true", "train.learning_rate=0.001"],
+            {"transformer", "learned_embeds.safetensors"},
+            "transformer",
+        ),
+    ],
+)
+def test_flow_model_trains_every_mode(tmp_path, draw_tiny_icd, train_tiny, overrides, weights, loaded):
+    import erasure
+
     model_dir = save_tiny_flux(tmp_path / "model")
     icd = draw_tiny_icd(tmp_path / "icd", n=2)
-    result = train_tiny(tmp_path / "train", model_dir, icd, f"train.mode={mode}", "train.max_steps=1", kind="flux")
+    result = train_tiny(tmp_path / "train", model_dir, icd, *overrides, "train.max_steps=1", kind="flux")
     files = {p.name for p in result.run_dir.iterdir()}
-    assert (LORA_FILE in files, "learned_embeds.safetensors" in files) == (mode == "naive", mode == "tokens_only")
+    assert files & {LORA_FILE, "learned_embeds.safetensors", "transformer", "unet"} == weights
+    pipe = erasure.SLDFluxPipeline.from_pretrained(model_dir)
+    assert erasure.load_run(pipe, result.run_dir).weights == loaded
 
 
 @pytest.fixture
