@@ -13,7 +13,7 @@ instead. User errors are what a user can fix by changing the command line or the
   ``json.JSONDecodeError``, and the refusals of the loaders (a pickle ``.pt`` given as YOLO weights, a resumed run
   with other settings);
 - the ``OSError``s that name a path: ``FileNotFoundError`` (a missing model folder, config, dataset or run, and
-  ``erasure.evaluation.i2p.judges.MissingWeightsError``), ``NotADirectoryError``, ``IsADirectoryError``, ``FileExistsError``,
+  ``MissingWeightsError`` of the I2P judges), ``NotADirectoryError``, ``IsADirectoryError``, ``FileExistsError``,
   ``PermissionError``;
 - ``SystemExit`` with a message (the refusal some commands raise themselves).
 
