@@ -107,7 +107,7 @@ def pipeline_class(index: dict[str, Any], model: str | Path) -> type:
 def from_pretrained_any(cls: type, model: str | Path, model_config: str | Path | None = None, **kwargs: Any) -> Any:
     """``cls.from_pretrained`` for a folder or hub id, ``cls.from_single_file`` for a checkpoint file."""
     if not is_single_file(model):
-        return cls.from_pretrained(str(model), **kwargs)
+        return cls.from_pretrained(str(model), **(_absent_components(model) | kwargs))
     if model_config is None:
         try:
             return cls.from_single_file(str(model), **kwargs)
@@ -118,6 +118,16 @@ def from_pretrained_any(cls: type, model: str | Path, model_config: str | Path |
                 "architecture, e.g. the base model it was fine-tuned from"
             ) from err
     return cls.from_single_file(str(model), config=str(model_config), local_files_only=True, **kwargs)
+
+
+def _absent_components(model: str | Path) -> dict[str, None]:
+    """A local folder's components saved as absent (``[null, null]`` in ``model_index.json``), to pass as None:
+    diffusers refuses such a folder otherwise, and SD3 saved without T5 (``text_encoder_3=None``, the usual way to
+    run it in less memory) is one."""
+    if not Path(model).is_dir():
+        return {}
+    index = model_index(model)
+    return {name: None for name, value in index.items() if value == [None, None]}
 
 
 def default_resolution(pipe: Any) -> int:

@@ -275,9 +275,10 @@ def tiny_flow_scheduler(**config) -> FlowMatchEulerDiscreteScheduler:
     return FlowMatchEulerDiscreteScheduler(shift=3.0, **config)
 
 
-def tiny_sd3_components(seed: int = 0) -> dict:
+def tiny_sd3_components(seed: int = 0, t5: bool = True) -> dict:
     """A tiny SD3: MMDiT on 16 px latents, two CLIP encoders (pooled 32 + 32) and a T5 whose width (64) is the
-    joint attention width, as SD3 pads the CLIP states to the T5's."""
+    joint attention width, as SD3 pads the CLIP states to the T5's; ``t5=False`` leaves T5 out, as users run SD3 in
+    less memory (the pipeline then reads zero rows in its place)."""
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(
         sample_size=16,
@@ -306,23 +307,24 @@ def tiny_sd3_components(seed: int = 0) -> dict:
         "vae": vae,
         "text_encoder": text_encoder,
         "text_encoder_2": text_encoder_2,
-        "text_encoder_3": text_encoder_3,
+        "text_encoder_3": text_encoder_3 if t5 else None,
         "tokenizer": tokenizer,
         "tokenizer_2": tiny_tokenizer(),
-        "tokenizer_3": t5_tokenizer,
+        "tokenizer_3": t5_tokenizer if t5 else None,
         "scheduler": tiny_flow_scheduler(),
         "image_encoder": None,
         "feature_extractor": None,
     }
 
 
-def tiny_sd3_pipeline(seed: int = 0) -> StableDiffusion3Pipeline:
-    return StableDiffusion3Pipeline(**tiny_sd3_components(seed))
+def tiny_sd3_pipeline(seed: int = 0, t5: bool = True) -> StableDiffusion3Pipeline:
+    return StableDiffusion3Pipeline(**tiny_sd3_components(seed, t5))
 
 
-def save_tiny_sd3(out_dir: str | Path, seed: int = 0) -> Path:
-    """Write a tiny SD3 pipeline that ``StableDiffusion3Pipeline.from_pretrained(out_dir)`` loads offline."""
-    tiny_sd3_pipeline(seed).save_pretrained(out_dir, safe_serialization=True)
+def save_tiny_sd3(out_dir: str | Path, seed: int = 0, t5: bool = True) -> Path:
+    """Write a tiny SD3 pipeline that ``StableDiffusion3Pipeline.from_pretrained(out_dir)`` loads offline (without
+    T5: ``from_pretrained(out_dir, text_encoder_3=None, tokenizer_3=None)``, or ``erasure.load_pipeline``)."""
+    tiny_sd3_pipeline(seed, t5).save_pretrained(out_dir, safe_serialization=True)
     return Path(out_dir)
 
 
@@ -425,4 +427,113 @@ def sd15_shaped_components(seed: int = 0, dtype: torch.dtype = torch.float32) ->
         "safety_checker": None,
         "feature_extractor": None,
         "image_encoder": None,
+    }
+
+
+def _shallow_clip(tokenizer: CLIPTokenizer, width: int, projection: bool, dtype: torch.dtype) -> CLIPTextModel:
+    """One CLIP layer at a real encoder's width: the states the denoiser reads have their real shape, while the
+    encoder's own cost (once per call, not per step) is left out of a denoising benchmark."""
+    config = _text_config(tokenizer, hidden_size=width, projection_dim=width)
+    config.num_hidden_layers, config.intermediate_size, config.num_attention_heads = 1, width, 8
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).to(dtype)
+
+
+def _shallow_t5(width: int, dtype: torch.dtype, max_length: int) -> tuple[T5TokenizerFast, T5EncoderModel]:
+    tokenizer = build_t5_tokenizer(read_words(), model_max_length=max_length)
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=width,
+        d_kv=64,
+        d_ff=width,
+        num_layers=1,
+        num_heads=8,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return tokenizer, T5EncoderModel(config).eval().to(dtype)
+
+
+def _sixteen_channel_vae(dtype: torch.dtype, **config) -> AutoencoderKL:
+    """SD3's and FLUX's VAE shape: SD's four blocks with 16 latent channels."""
+    return AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=16,
+        sample_size=1024,
+        layers_per_block=2,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        **config,
+    ).to(dtype)
+
+
+def sd35_medium_shaped_components(num_layers: int = 24, seed: int = 0, dtype: torch.dtype = torch.float32) -> dict:
+    """Random-init components of SD3.5 medium's shape for speed benchmarks: its MMDiT-X transformer (width 1536,
+    dual attention in the first 13 blocks, RMS q/k norm) cut to ``num_layers`` blocks (its cost is linear in
+    them), the 16-channel VAE, and one-layer text encoders of CLIP-L's, CLIP-G's and T5-XXL's widths."""
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=128,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=num_layers,
+        attention_head_dim=64,
+        num_attention_heads=24,
+        joint_attention_dim=4096,
+        caption_projection_dim=1536,
+        pooled_projection_dim=2048,
+        pos_embed_max_size=384,
+        dual_attention_layers=tuple(range(min(13, num_layers))),
+        qk_norm="rms_norm",
+    ).to(dtype)
+    tokenizer = tiny_tokenizer()
+    t5_tokenizer, t5 = _shallow_t5(4096, dtype, max_length=256)
+    return {
+        "transformer": transformer,
+        "vae": _sixteen_channel_vae(dtype, scaling_factor=1.5305, shift_factor=0.0609),
+        "text_encoder": _shallow_clip(tokenizer, 768, True, dtype),
+        "text_encoder_2": _shallow_clip(tokenizer, 1280, True, dtype),
+        "text_encoder_3": t5,
+        "tokenizer": tokenizer,
+        "tokenizer_2": tokenizer,
+        "tokenizer_3": t5_tokenizer,
+        "scheduler": tiny_flow_scheduler(),
+        "image_encoder": None,
+        "feature_extractor": None,
+    }
+
+
+def flux_dev_shaped_components(
+    num_layers: int = 19, num_single_layers: int = 38, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> dict:
+    """Random-init components of FLUX.1-dev's shape for speed benchmarks: its transformer (width 3072, guidance
+    embedding) cut to ``num_layers`` double and ``num_single_layers`` single blocks, the 16-channel VAE, one-layer
+    text encoders of CLIP-L's and T5-XXL's widths."""
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,
+        num_layers=num_layers,
+        num_single_layers=num_single_layers,
+        attention_head_dim=128,
+        num_attention_heads=24,
+        joint_attention_dim=4096,
+        pooled_projection_dim=768,
+        guidance_embeds=True,
+        axes_dims_rope=(16, 56, 56),
+    ).to(dtype)
+    tokenizer = tiny_tokenizer()
+    t5_tokenizer, t5 = _shallow_t5(4096, dtype, max_length=512)
+    return {
+        "transformer": transformer,
+        "vae": _sixteen_channel_vae(dtype, scaling_factor=0.3611, shift_factor=0.1159),
+        "text_encoder": _shallow_clip(tokenizer, 768, False, dtype),
+        "text_encoder_2": t5,
+        "tokenizer": tokenizer,
+        "tokenizer_2": t5_tokenizer,
+        "scheduler": tiny_flow_scheduler(use_dynamic_shifting=True),
+        "image_encoder": None,
+        "feature_extractor": None,
     }

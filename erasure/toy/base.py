@@ -78,7 +78,7 @@ class ToyBaseConfig(StrictModel):
     )
 
 
-def _images(size: int, seed: int, count: int, rates: dict[str, float]) -> tuple[torch.Tensor, list[str]]:
+def toy_images(size: int, seed: int, count: int, rates: dict[str, float]) -> tuple[torch.Tensor, list[str]]:
     """Toy scenes as uint8 NCHW plus their captions."""
     world = ToyWorld(ToyWorldConfig(size=size, seed=seed, concept_rates=rates))
     pixels = np.empty((count, size, size, 3), dtype=np.uint8)
@@ -135,7 +135,7 @@ def train_decoder(config: ToyBaseConfig, vae: AutoencoderKL, accelerator: Accele
     if config.decoder_steps == 0:
         return {}
     seed = config.world_seed + 1  # other scenes than the UNet's
-    pixels, _ = _images(config.resolution, seed, config.decoder_num_images, config.decoder_concept_rates)
+    pixels, _ = toy_images(config.resolution, seed, config.decoder_num_images, config.decoder_concept_rates)
     vae.requires_grad_(False)
     params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     for param in params:
@@ -275,7 +275,7 @@ def train(config: ToyBaseConfig) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     world = ToyWorld(ToyWorldConfig(size=config.resolution, concept_rates={}))
     tokenizer = build_clip_tokenizer(world.vocabulary() + list(CONCEPTS), work / "tokenizer", config.max_length)
-    pixels, captions = _images(config.resolution, config.world_seed, config.num_images, {})
+    pixels, captions = toy_images(config.resolution, config.world_seed, config.num_images, {})
     vae = train_vae(config, pixels, accelerator)
     latents = encode_all(vae, pixels, accelerator.device)
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))

@@ -170,3 +170,66 @@ def test_flow_model_trains_in_bf16_with_checkpointing_and_resumes(
     assert (resumed.global_step, resumed.finished, resumed.mixed_precision) == (2, True, "bf16")
     lora = load_file(resumed.run_dir / LORA_FILE)
     assert all(torch.isfinite(v).all() for v in lora.values())
+
+
+def _joint_inputs(width: int, rows: int) -> dict:
+    torch.manual_seed(1)
+    text = torch.randn(2, 5, width)
+    return dict(
+        hidden_states=torch.randn(2, 4, 16, 16),
+        timestep=torch.tensor([300.0, 700.0]),
+        encoder_hidden_states=torch.cat([text, torch.zeros(2, rows, width)], dim=1),
+        pooled_projections=torch.randn(2, 64),
+        return_dict=False,
+    )
+
+
+def test_one_zero_row_repeated_equals_the_pipelines_256_forward_and_backward():
+    import torch.nn.functional as F
+
+    from erasure.testing import tiny_sd3_components
+    from erasure.training.models import last_key_repeated
+
+    transformer = tiny_sd3_components()["transformer"]
+    plain_attention = F.scaled_dot_product_attention
+    full = transformer(**_joint_inputs(64, 256))[0]
+    full.square().mean().backward()
+    full_grads = [p.grad.clone() for p in transformer.parameters()]
+    transformer.zero_grad()
+    with last_key_repeated(256):
+        one = transformer(**_joint_inputs(64, 1))[0]
+        one.square().mean().backward()
+    assert F.scaled_dot_product_attention is plain_attention  # restored on leaving
+    torch.testing.assert_close(one, full, atol=1e-5, rtol=1e-4)
+    for p, grad in zip(transformer.parameters(), full_grads, strict=True):
+        torch.testing.assert_close(p.grad, grad, atol=1e-5, rtol=1e-3)
+    unbiased = transformer(**_joint_inputs(64, 1))[0]
+    assert not torch.allclose(unbiased, full, atol=1e-3)  # without the bias one row is not 256
+
+
+def test_sd3_without_t5_trains_on_the_zero_rows_its_pipeline_samples_with(tmp_path, draw_tiny_icd, train_tiny):
+    import erasure
+    from erasure.recipe import ModelSection
+    from erasure.training.models import flow_prediction, load_components
+
+    model_dir = save_tiny_sd3(tmp_path / "model", t5=False)
+    parts = load_components(ModelSection(pretrained=str(model_dir), kind="sd3"))
+    assert parts.t5 is None
+    ids = parts.tokenize(["a red circle", "two blue squares"])
+    assert len(ids) == 2  # the CLIP encoders' only
+    noisy, sigmas = torch.randn(2, 4, 16, 16), torch.tensor([0.3, 0.7])
+    with torch.no_grad():
+        ours = flow_prediction(parts, parts.unet, noisy, sigmas, parts.text_encoders, ids, torch.float32, False)
+        pipe = erasure.load_pipeline(str(model_dir)).pipeline  # diffusers alone refuses the absent T5
+        embeds, _, pooled, _ = pipe.encode_prompt(
+            ["a red circle", "two blue squares"], None, None, do_classifier_free_guidance=False
+        )
+        assert embeds.shape[1] == 77 + 256  # CLIP's tokens, then 256 zero rows
+        theirs = parts.unet(
+            hidden_states=noisy, timestep=sigmas * 1000, encoder_hidden_states=embeds, pooled_projections=pooled
+        )[0]
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+    result = train_tiny(tmp_path / "train", model_dir, draw_tiny_icd(tmp_path / "icd", n=2), kind="sd3")
+    assert result.finished
+    run = erasure.load_run(erasure.load_pipeline(str(model_dir)).pipeline, result.run_dir)
+    assert run.weights == "lora"
