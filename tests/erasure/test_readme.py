@@ -74,6 +74,13 @@ def test_the_readme_has_code_to_run():
     assert code_blocks("python") and code_blocks("bash")
 
 
+def test_every_picture_and_local_link_exists():
+    targets = re.findall(r"\]\(([^)#]+)\)", README.read_text(encoding="utf-8"))
+    local = [target for target in targets if "://" not in target]
+    assert "assets/demo.png" in local  # the demo's picture
+    assert [target for target in local if not (REPO / target).exists()] == []
+
+
 def test_every_python_block_runs(stand_ins):
     for block in code_blocks("python"):
         exec(compile(_mapped(block, stand_ins), str(README), "exec"), {})
