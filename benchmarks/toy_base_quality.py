@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/toy_base_quality.py assets/toy-sd [more model dirs] --out outputs/quality.json \
         --detector yolo:assets/detectors/toy_yolo.safetensors
+    .venv/bin/python benchmarks/toy_base_quality.py assets/toy-sd3 --guidance 3 5 7.5   # the flow model
 
 For each model: images from the same held-out prompt and seed pairs as ``erasure evaluate icr`` (so the numbers
 match its fidelity column), at each ``--guidance`` scale; plus the fidelity of the model's VAE reconstructions of
@@ -19,14 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import StableDiffusionPipeline
 
 from detectors.vae_views import reconstruct
 from erasure.evaluation.icr import IcrConfig, QualityJudge, heldout_prompts
+from erasure.loading import load_pipeline
 from erasure.toy.checker import fidelity
 
 
-def concept_ceiling(pipe: StableDiffusionPipeline, detector, num_images: int = 100) -> dict[str, dict[str, float]]:
+def concept_ceiling(pipe, detector, num_images: int = 100) -> dict[str, dict[str, float]]:
     """Per concept: the detector's hit rate on scenes that hold it, as drawn and as the VAE reconstructs them."""
     from datasets_icd.toyworld import CONCEPTS, ToyWorld, ToyWorldConfig
 
@@ -48,7 +49,7 @@ def measure(model: str, args: argparse.Namespace) -> dict:
     )
     prompts = heldout_prompts(config)
     judge = QualityJudge(config)
-    pipe = StableDiffusionPipeline.from_pretrained(model).to(args.device)
+    pipe = load_pipeline(model, device=args.device, dtype="float32").pipeline  # SD, SDXL, SD3 or FLUX
     pipe.set_progress_bar_config(disable=True)
     # judge.reference holds the held-out world's scenes of exactly these prompts.
     result = {
@@ -72,10 +73,10 @@ def measure(model: str, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("models", nargs="+", help="StableDiffusionPipeline directories")
+    parser.add_argument("models", nargs="+", help="pipeline directories (the toy SD or SD3 model)")
     parser.add_argument("--checker", default="assets/toy-checker")
     parser.add_argument("--num-images", type=int, default=200)
-    parser.add_argument("--steps", type=int, default=25, help="DPM-Solver steps, as in erasure evaluate icr")
+    parser.add_argument("--steps", type=int, default=25, help="sampler steps, as in erasure evaluate icr")
     parser.add_argument("--guidance", type=float, nargs="+", default=[7.5])
     parser.add_argument("--detector", help="detector spec, e.g. yolo:assets/detectors/toy_yolo.safetensors")
     parser.add_argument("--batch-size", type=int, default=50)
