@@ -88,9 +88,12 @@ def _base_model(out: Path, project: Path, requested: str | None) -> tuple[str, b
 
 
 def _resolution(model: str) -> int:
-    unet = json.loads((Path(model) / "unet" / "config.json").read_text())
+    """The image side of the base model: its denoiser's latent size (a UNet's or an SD3 transformer's) in pixels."""
+    denoiser = next(
+        Path(model) / name / "config.json" for name in ("unet", "transformer") if (Path(model) / name).is_dir()
+    )
     vae = json.loads((Path(model) / "vae" / "config.json").read_text())
-    return unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
+    return json.loads(denoiser.read_text())["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
 
 
 def _train(args: argparse.Namespace, mode: str, base: str, dataset: Path, resolution: int) -> Path:
@@ -107,6 +110,7 @@ def _train(args: argparse.Namespace, mode: str, base: str, dataset: Path, resolu
         return run_dir
     overrides = [
         f"model.pretrained={base}",
+        "model.kind=null",  # read from the base: the toy SD model, or the toy SD3 (flow-matching) one
         f"data.dataset={dataset}",
         f"data.resolution={resolution}",
         f"train.max_steps={args.train_steps}",

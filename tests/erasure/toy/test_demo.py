@@ -88,3 +88,23 @@ def test_a_missing_toy_model_is_an_error_not_random_weights(tmp_path):
     with pytest.raises(SystemExit, match="no diffusers model at .*--base tiny-random"):
         main(["--project", str(tmp_path), "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out" / "tiny-random-base").exists()
+
+
+@pytest.mark.slow
+def test_demo_chain_runs_on_a_flow_matching_base(tmp_path):
+    """icd build -> train -> ICR on an SD3 base saved without T5, as the toy flow model (assets/toy-sd3) is."""
+    from erasure.testing import save_tiny_sd3
+
+    base = save_tiny_sd3(tmp_path / "tiny-sd3", t5=False)
+    detector = f"yolo:{TOY_DETECTOR}" if TOY_DETECTOR.exists() else "qr"
+    methods = ["naive", "geom_erasing_plain", "geom_erasing", "naive_sld_medium"]
+    argv = ["--concept", "watermark", "--out", str(tmp_path / "demo"), "--base", str(base), "--num-images", "16"]
+    argv += ["--train-steps", "2", "--eval-images", "2", "--steps", "2", "--detector", detector, "--methods", *methods]
+    assert main(argv) == 0
+    runs = tmp_path / "demo" / "runs"
+    for run in ("toy_naive_watermark", "toy_geom_erasing_watermark"):  # the demo's full fine-tunes: the transformer
+        assert (runs / run / "transformer" / "config.json").is_file()
+    assert (runs / "toy_geom_erasing_watermark" / "learned_embeds_2.safetensors").is_file()  # both CLIP slots
+    summary = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    assert list(summary["results"]) == methods
+    assert all(cell["n"] == 2 for cell in summary["results"].values())
