@@ -1,7 +1,7 @@
 """Train a Geom-Erasing, naive or tokens-only model from a recipe: the launch file of ``erasure train``.
 
-    accelerate launch train.py --config recipes/toy_geom_erasing_watermark.yaml train.max_steps=200
-    accelerate launch train.py --config recipes/toy_geom_erasing_watermark.yaml checkpoint.resume=latest
+    accelerate launch train.py --config recipes/toy_geom_erasing.yaml train.max_steps=200
+    accelerate launch train.py --config recipes/toy_geom_erasing.yaml checkpoint.resume=latest
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 train.py --config ...  # 2 CPU processes
 
 The arguments and the run are :mod:`erasure.cli.train`'s (``erasure train --help`` lists them).

@@ -106,6 +106,9 @@ ONE_KIND: dict[str, dict] = {
     },
     "qrcode": {"anchor": "bottom_right", "size": (0.34, 0.36), "settings": {"qr_payloads": ["TOY"]}},
 }
+# Where a one-kind concept goes when another one-kind concept holds its corner: in a world with the logo, the QR
+# code takes the bottom-left corner, so that neither covers the other and each keeps one place.
+ONE_KIND_SHARED_ANCHORS: dict[str, tuple[str, str]] = {"qrcode": ("watermark", "bottom_left")}
 
 
 def default_fonts() -> list[str]:
@@ -121,7 +124,9 @@ def one_kind_settings(concepts: list[str]) -> dict:
     for name in concepts:
         if name not in ONE_KIND:
             raise ValueError(f"unknown concept '{name}'; the toy world has {list(CONCEPTS)}")
-        priors[name] = {ONE_KIND[name]["anchor"]: 1.0}
+        anchor = ONE_KIND[name]["anchor"]
+        holder, elsewhere = ONE_KIND_SHARED_ANCHORS.get(name, (None, None))
+        priors[name] = {elsewhere if holder in concepts else anchor: 1.0}
         sizes[name] = ONE_KIND[name]["size"]
         settings.update(ONE_KIND[name]["settings"])
     return {**settings, "position_priors": priors, "size_ranges": sizes}

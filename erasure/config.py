@@ -1,6 +1,6 @@
 """Typed YAML configs with ``key=value`` overrides, shared by ``train.py`` and the CLIs.
 
-    recipe = load_config(Recipe, "recipes/toy_naive_watermark.yaml", ["train.max_steps=50", "lora.rank=8"])
+    recipe = load_config(Recipe, "recipes/toy_naive.yaml", ["train.max_steps=50", "lora.rank=8"])
 
 Configs are pydantic models that forbid unknown keys, so a misspelled key or a value of the wrong type fails
 at load time with the file, the dotted key, the value and what was expected — never deep inside a run.

@@ -1,6 +1,6 @@
 """The training recipe: one YAML per experiment under ``recipes/``, validated before any work starts.
 
-    accelerate launch train.py --config recipes/toy_geom_erasing_watermark.yaml train.max_steps=200
+    accelerate launch train.py --config recipes/toy_geom_erasing.yaml train.max_steps=200
 
 Every field carries its own help (``Field(description=...)``), so ``python -m erasure.recipe`` prints
 the whole schema with defaults.

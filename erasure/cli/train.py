@@ -1,8 +1,8 @@
 """Train a Geom-Erasing, naive or tokens-only model from a recipe, on one or many devices.
 
 examples:
-  erasure train --config recipes/toy_geom_erasing_watermark.yaml train.max_steps=200
-  erasure train --config recipes/toy_geom_erasing_watermark.yaml checkpoint.resume=latest
+  erasure train --config recipes/toy_geom_erasing.yaml train.max_steps=200
+  erasure train --config recipes/toy_geom_erasing.yaml checkpoint.resume=latest
   accelerate launch -m erasure.cli train --config recipes/sd15_geom_erasing_watermark.yaml
   ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m erasure.cli train --config ...
 
@@ -18,7 +18,7 @@ from erasure.recipe import load_recipe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="recipe YAML, e.g. recipes/toy_geom_erasing_watermark.yaml")
+    parser.add_argument("--config", required=True, help="recipe YAML, e.g. recipes/toy_geom_erasing.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.max_steps=50")
 
 

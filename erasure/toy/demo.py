@@ -8,8 +8,10 @@
 
 1. ``icd build --one-kind``: a synthetic Implicit Concept Dataset where the concept (one banner word by default;
    one logo in a corner or one QR code with ``--concept``; ``--world varied`` for the toy world's mix) is in 60% of
-   the images, never named in the raw captions, with its boxes as location tokens in the geom captions;
-2. ``train.py``: a naive fine-tune of the whole UNet (plain captions) and a Geom-Erasing one (location tokens);
+   the images, never named in the raw captions, with its boxes as location tokens in the geom captions
+   (``--concept all``: the three concepts at once, each placed independently);
+2. ``train.py``: a naive fine-tune of the whole UNet (plain captions) and a Geom-Erasing one (location tokens), by
+   ``recipes/toy_naive.yaml`` and ``recipes/toy_geom_erasing.yaml``, the same for every concept;
 3. ``erasure evaluate icr``: how often the toy detector finds the concept in images of held-out prompts, for the
    naive model and the Geom-Erasing one with the plain prompt (``--methods`` adds the table's other rows: ``base``,
    the detector's false alarms on a UNet that never saw the concept, and ``geom_erasing``, its learned negative
@@ -30,8 +32,6 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
-
 # The demo's inputs, relative to --project (a checkout of this repository: its assets/ and recipes/).
 TOY_BASE = Path("assets/toy-sd")
 TOY_DETECTOR = Path("assets/detectors/toy_yolo.safetensors")
@@ -39,6 +39,8 @@ TOY_CHECKER = Path("assets/toy-checker")
 TOY_LATENT_CLIP = Path("assets/latent-clip-toy")
 RECIPES = Path("recipes")
 RANDOM_BASE = "tiny-random"
+CONCEPTS = ("watermark", "text", "qrcode")
+ALL = "all"  # --concept all: the three-concept world, one pair of runs over every concept, an ICR per concept
 # The methods of the toy-world table: which run they sample from (None: the base model) and how; "run" is the
 # run's learned negative prompt template, applied as concept negation (a push away from what it adds to the prompt,
 # beside the guidance towards the prompt) or, in the ablation row, as diffusers' negative_prompt.
@@ -55,6 +57,8 @@ METHODS: dict[str, dict] = {
     "geom_erasing_as_negative_prompt": {"run": "geom_erasing", "negative_prompt": "run"},
     "naive_latent_clip": {"run": "naive", "latent_clip": None},  # the Latent-CLIP comes from --latent-clip
 }
+# The rows measured on every training seed of --seeds (the others on the first): the runs' own effect.
+SEEDED_METHODS = ("naive", "geom_erasing_plain", "geom_erasing")
 # Experiments 1 and 4 of the toy-world table, the two rows that fit the default demo's 15 minutes on a 2-core CPU.
 DEMO_METHODS = ["naive", "geom_erasing_plain"]
 # The rows whose sample grids the figure shows, when the table has them.
@@ -96,24 +100,27 @@ def _resolution(model: str) -> int:
     return json.loads(denoiser.read_text())["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
 
 
-def _train(args: argparse.Namespace, mode: str, base: str, dataset: Path, resolution: int) -> Path:
+def _train(args: argparse.Namespace, mode: str, seed: int, base: str, dataset: Path, resolution: int) -> Path:
+    """One fine-tune by the mode's toy recipe (the same for every concept), over the demo's concepts."""
     from erasure.recipe import load_recipe
     from erasure.training import train
 
-    recipe = args.project / RECIPES / f"toy_{mode}_{args.concept}.yaml"
+    recipe = args.project / RECIPES / f"toy_{mode}.yaml"
     if not recipe.is_file():
         raise SystemExit(f"[demo] no recipe {recipe}: give --project, a checkout of this repository")
-    name = yaml.safe_load(recipe.read_text())["name"]
+    name = f"toy_{mode}_{args.concept}" + ("" if seed == args.seeds[0] else f"_seed{seed}")
     run_dir = args.out / "runs" / name
     if (run_dir / "erasure.json").is_file():
         print(f"[demo] {name}: already trained, reusing {run_dir}")
         return run_dir
     overrides = [
+        f"name={name}",
         f"model.pretrained={base}",
-        "model.kind=null",  # read from the base: the toy SD model, or the toy SD3 (flow-matching) one
         f"data.dataset={dataset}",
+        f"data.concepts={json.dumps(_concepts(args))}",
         f"data.resolution={resolution}",
         f"train.max_steps={args.train_steps}",
+        f"train.seed={seed}",
         f"output_dir={args.out / 'runs' / '{name}'}",
         *(["lora.full_unet=true"] if args.full_unet else []),
         *(
@@ -130,7 +137,32 @@ def _train(args: argparse.Namespace, mode: str, base: str, dataset: Path, resolu
     return run_dir
 
 
-def _figure(out: Path, results: dict, cells: list[str], concept: str, pairs: int = 4) -> Path:
+def _pooled_seeds(results: dict[str, dict], seeds: list[int]) -> dict[str, dict]:
+    """Each seeded row over every training seed: ``seeds`` the per-seed ICRs, ``icr`` their mean with the Wilson
+    interval of the pooled images, fidelity and FID their means; so that a table is not one lucky draw."""
+    from statistics import mean
+
+    from erasure.evaluation.icr import wilson_interval
+
+    pooled = {name: r for name, r in results.items() if "_seed" not in name}
+    for name in pooled.keys() & set(SEEDED_METHODS) if len(seeds) > 1 else ():
+        per_seed = [results[name], *(results[f"{name}_seed{seed}"] for seed in seeds[1:])]
+        flagged, n = sum(r["flagged"] for r in per_seed), sum(r["n"] for r in per_seed)
+        pooled[name] = {
+            "icr": mean(r["icr"] for r in per_seed),
+            "ci95": list(wilson_interval(flagged, n)),
+            "n": results[name]["n"],
+            "seeds": [r["icr"] for r in per_seed],
+            **{key: mean(r[key] for r in per_seed) for key in ("fidelity", "fid") if key in results[name]},
+        }
+    return pooled
+
+
+def _concepts(args: argparse.Namespace) -> list[str]:
+    return list(CONCEPTS) if args.concept == ALL else [args.concept]
+
+
+def _figure(icr_dir: Path, path: Path, results: dict, cells: list[str], concept: str, pairs: int = 4) -> Path:
     """The first ``pairs`` held-out prompt and seed pairs, each across the shown methods with the detector's boxes,
     beside the ICR bars: the same pair side by side is where a method's effect shows."""
     import textwrap
@@ -145,7 +177,7 @@ def _figure(out: Path, results: dict, cells: list[str], concept: str, pairs: int
     from erasure.evaluation.report import icr_rows
 
     shown = [c for c in cells if c in FIGURE_GRIDS] or cells[:3]
-    rows = icr_rows(out / "icr", {c: results[c] for c in shown})[:pairs]
+    rows = icr_rows(icr_dir, {c: results[c] for c in shown})[:pairs]
     fig = plt.figure(figsize=(3 * len(shown) + 5, 3 * len(rows) + 0.6), layout="constrained")
     grid = fig.add_gridspec(len(rows), len(shown) + 1, width_ratios=[3] * len(shown) + [5])
     for r, row in enumerate(rows):
@@ -174,7 +206,6 @@ def _figure(out: Path, results: dict, cells: list[str], concept: str, pairs: int
     ax.set_xticks(range(len(cells)), cells, rotation=30, ha="right")
     ax.set_ylabel(f"{concept} ICR (%), 95% Wilson interval")
     ax.set_ylim(0, 100)
-    path = out / "demo.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
@@ -194,14 +225,21 @@ def _record(path: Path, concept: str, results: dict) -> None:
             f"add them to --methods to keep them",
             file=sys.stderr,
         )
-    keys = ("icr", "ci95", "fidelity", "fid", "n")
+    keys = ("icr", "ci95", "fidelity", "fid", "n", "seeds")
     table[concept] = {m: {k: r[k] for k in keys if k in r} for m, r in results.items()}
     path.write_text(json.dumps(table, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--concept", default="text", choices=["watermark", "qrcode", "text"])
+    parser.add_argument(
+        "--concept",
+        default="text",
+        choices=[*CONCEPTS, ALL],
+        help="the implicit concept of the toy world; all: the three at once, each in --concept-rate of the images "
+        "independently (the logo bottom right, the word at the top, the QR code bottom left), one naive and one "
+        "Geom-Erasing run over all three, and an ICR per concept",
+    )
     parser.add_argument(
         "--project",
         type=Path,
@@ -252,6 +290,14 @@ def main(argv: list[str] | None = None) -> int:
         help="share of training captions dropped (train.caption_dropout): 0.1 raised the naive watermark ICR from "
         "18.8%% to 34.4%% at 750 steps but the Geom-Erasing run then drew it for plain prompts too (50.0%%)",
     )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="training seeds: both fine-tunes are repeated for each, and the rows naive, geom_erasing_plain and "
+        "geom_erasing measured on every one (their ICR: the mean; 'seeds': per-seed ICRs); the others on the first",
+    )
     parser.add_argument("--eval-images", type=int, default=64, help="images per ICR cell")
     parser.add_argument("--steps", type=int, default=20, help="sampler steps per image")
     parser.add_argument("--detector", help=f"detector spec for the ICR (default: yolo:PROJECT/{TOY_DETECTOR})")
@@ -262,9 +308,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--record",
         type=Path,
-        help="write this run's table as the concept's in this JSON (benchmarks/toy_icr.json), replacing its old rows",
+        help="write this run's table as the concept's in this JSON (benchmarks/toy_icr.json; with --concept all "
+        "each concept's, benchmarks/toy_icr_multi.json), replacing its old rows",
     )
-    parser.add_argument("--concept-rate", type=float, default=0.6, help="share of training images with the concept")
+    parser.add_argument(
+        "--concept-rate", type=float, default=0.6, help="share of training images with the concept (with each one)"
+    )
     parser.add_argument(
         "--toy",
         nargs="+",
@@ -310,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     dataset = args.out / "icd"
     if not (dataset / "build.json").is_file():
         print(
-            f"[demo] 1/3 toy ICD ({args.world}): {args.num_images} images, {args.concept} in ~{args.concept_rate:.0%}"
+            f"[demo] 1/3 toy ICD ({args.world}): {args.num_images} images, {' and '.join(_concepts(args))} in "
+            f"~{args.concept_rate:.0%} (each)"
         )
         icd_main(
             [
@@ -318,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--source",
                 "synthetic",
                 "--concepts",
-                f"{args.concept}={args.concept_rate}",
+                *(f"{concept}={args.concept_rate}" for concept in _concepts(args)),
                 "--num-images",
                 str(args.num_images),
                 "--size",
@@ -332,54 +382,59 @@ def main(argv: list[str] | None = None) -> int:
     # only the fine-tunes the rows sample from: a table of Geom-Erasing rows alone needs no naive run
     modes = [mode for mode in ("naive", "geom_erasing") if any(METHODS[m]["run"] == mode for m in args.methods)]
     print(f"[demo] 2/3 fine-tuning: {', then '.join(modes) or 'none (the base model alone)'}")
-    runs = {mode: _train(args, mode, base, dataset, resolution) for mode in modes}
+    runs = {(mode, seed): _train(args, mode, seed, base, dataset, resolution) for seed in args.seeds for mode in modes}
 
     print("[demo] 3/3 implicit concept ratio on held-out prompts and seeds")
-    cells = []
-    for name in args.methods:
-        method = dict(METHODS[name])
-        run = method.pop("run")
-        cell = {"name": name, "run": str(runs[run]) if run else None, **method}
-        if "negative_prompt" in cell:
-            cell["negative_prompt"] = cell["negative_prompt"].replace("{concept}", args.concept)
-        if "latent_clip" in cell:
-            cell["latent_clip"] = str(args.latent_clip)
-        cells.append(cell)
     checker_dir = args.project / TOY_CHECKER
     checker = [f"checker={checker_dir}"] if (checker_dir / "model.safetensors").is_file() else []
-    config = load_config(
-        IcrConfig,
-        None,
-        [
-            f"concept={args.concept}",
-            f"detector={args.detector or f'yolo:{args.project / TOY_DETECTOR}'}",
-            f"model={base}",
-            f"cells={json.dumps(cells)}",
-            f"out_dir={args.out / 'icr'}",
-            f"num_images={args.eval_images}",
-            f"num_inference_steps={args.steps}",
-            f"batch_size={args.batch_size}",
-            f"guidance_scale={args.guidance_scale}",
-            "allow_toy_prompts=true",  # the demo samples the toy world's captions whatever --model is
-            *checker,
-        ],
-    )
-    results = evaluate(config)
-    figure = _figure(args.out, results, [c["name"] for c in cells], args.concept)
-    summary = {
-        "concept": args.concept,
-        "base_model": base,
-        "trained_base": trained_base,
-        "results": results,
-        "figure": str(figure),
-    }
-    (args.out / "demo.json").write_text(json.dumps(summary, indent=2))
-    if args.record:
-        _record(args.record, args.concept, results)
-    print(markdown_table(args.concept, results))
-    print(f"[demo] figure: {figure}\n[demo] results: {args.out / 'demo.json'}")
-    print(f"[demo] report: {write_html_report(args.out)}")
+    results, figures = {}, {}
+    for concept in _concepts(args):
+        # one concept: icr/ and demo.png, as before; the three-concept world: icr/CONCEPT/ and demo_CONCEPT.png
+        single = args.concept != ALL
+        icr_dir = args.out / "icr" if single else args.out / "icr" / concept
+        cells = [_cell(name, concept, runs, args.seeds[0], args) for name in args.methods]
+        extra = [(name, seed) for seed in args.seeds[1:] for name in args.methods if name in SEEDED_METHODS]
+        cells += [_cell(name, concept, runs, seed, args) | {"name": f"{name}_seed{seed}"} for name, seed in extra]
+        config = load_config(
+            IcrConfig,
+            None,
+            [
+                f"concept={concept}",
+                f"detector={args.detector or f'yolo:{args.project / TOY_DETECTOR}'}",
+                f"model={base}",
+                f"cells={json.dumps(cells)}",
+                f"out_dir={icr_dir}",
+                f"num_images={args.eval_images}",
+                f"num_inference_steps={args.steps}",
+                f"batch_size={args.batch_size}",
+                f"guidance_scale={args.guidance_scale}",
+                "allow_toy_prompts=true",  # the demo samples the toy world's captions whatever --model is
+                *checker,
+            ],
+        )
+        results[concept] = _pooled_seeds(evaluate(config), args.seeds)
+        figure = args.out / ("demo.png" if single else f"demo_{concept}.png")
+        figures[concept] = str(_figure(icr_dir, figure, results[concept], args.methods, concept))
+        print(markdown_table(concept, results[concept]))
+        print(f"[demo] figure: {figure}\n[demo] report: {write_html_report(icr_dir if not single else args.out)}")
+    summary = {"concepts": _concepts(args), "base_model": base, "trained_base": trained_base, "results": results}
+    (args.out / "demo.json").write_text(json.dumps(summary | {"figures": figures}, indent=2))
+    for concept, table in results.items() if args.record else ():
+        _record(args.record, concept, table)
+    print(f"[demo] results: {args.out / 'demo.json'}")
     return 0
+
+
+def _cell(name: str, concept: str, runs: dict[tuple[str, int], Path], seed: int, args: argparse.Namespace) -> dict:
+    """The ICR cell of one table row: the run it samples, and the concept word where the row names the concept."""
+    method = dict(METHODS[name])
+    run = method.pop("run")
+    cell = {"name": name, "run": str(runs[run, seed]) if run else None, **method}
+    if "negative_prompt" in cell:
+        cell["negative_prompt"] = cell["negative_prompt"].replace("{concept}", concept)
+    if "latent_clip" in cell:
+        cell["latent_clip"] = str(args.latent_clip)
+    return cell
 
 
 if __name__ == "__main__":

@@ -273,3 +273,17 @@ def test_one_kind_narrows_only_the_built_concepts_and_toy_settings_win(tmp_path)
     toy = json.loads((tmp_path / "out" / "build.json").read_text())["config"]["toy"]
     assert toy["text_words"] == ["open"] and toy["qr_payloads"] == ["TOY"]  # --toy overrides the one-kind word
     assert toy["watermark_logo_rate"] == ToyWorldConfig().watermark_logo_rate  # watermark not built: not narrowed
+
+
+def test_one_kind_concepts_of_one_world_each_keep_their_own_place(tmp_path):
+    """The three-concept world: the logo keeps the bottom-right corner, the QR code moves to the bottom left."""
+    argv = ["build", "--out", str(tmp_path / "out"), "--num-images", "40", "--size", "64", "--one-kind"]
+    assert main([*argv, "--concepts", "watermark=0.5", "text=0.5", "qrcode=0.5"]) == 0
+    boxes: dict[str, list] = {"watermark": [], "text": [], "qrcode": []}
+    for row in load_from_disk(str(tmp_path / "out"))["concepts"]:
+        for c in row:
+            boxes[c["name"]].append(c["box"])
+    assert all(len(found) >= 10 for found in boxes.values())  # each concept in about half of the 40 images
+    assert all(x0 >= 32 and y0 >= 32 for x0, y0, _, _ in boxes["watermark"])
+    assert all(x1 <= 32 and y0 >= 32 for _, y0, x1, _ in boxes["qrcode"])
+    assert all(y1 <= 32 for _, _, _, y1 in boxes["text"])

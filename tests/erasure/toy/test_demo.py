@@ -4,6 +4,7 @@ import json
 
 import pytest
 import yaml
+from datasets import load_from_disk
 
 from erasure.toy.demo import DEMO_TOKEN_LR, FULL_UNET_LR, METHODS, TOY_DETECTOR, _record, main
 
@@ -41,8 +42,9 @@ def test_demo_runs_the_whole_chain(tmp_path, tiny_sd_dir, tiny_latent_clip_dir):
     assert recipe["lora"]["full_unet"] and recipe["train"]["learning_rate"] == FULL_UNET_LR
     assert (naive_run / "unet" / "diffusion_pytorch_model.safetensors").is_file()  # the whole UNet, not a LoRA
     summary = json.loads((tmp_path / "demo.json").read_text())
-    assert set(summary["results"]) == {"naive", "geom_erasing_plain"}  # experiments 1 and 4
-    for cell in summary["results"].values():
+    assert summary["concepts"] == ["watermark"]
+    assert set(summary["results"]["watermark"]) == {"naive", "geom_erasing_plain"}  # experiments 1 and 4
+    for cell in summary["results"]["watermark"].values():
         assert cell["n"] == 4 and 0 <= cell["icr"] <= 1 and 0 <= cell["fidelity"] <= 1
     geom_run = tmp_path / "runs" / "toy_geom_erasing_watermark"
     assert "{prompt}, watermark <loc_" in (geom_run / "negative_prompt.txt").read_text()
@@ -106,5 +108,40 @@ def test_demo_chain_runs_on_a_flow_matching_base(tmp_path):
         assert (runs / run / "transformer" / "config.json").is_file()
     assert (runs / "toy_geom_erasing_watermark" / "learned_embeds_2.safetensors").is_file()  # both CLIP slots
     summary = json.loads((tmp_path / "demo" / "demo.json").read_text())
-    assert list(summary["results"]) == methods
-    assert all(cell["n"] == 2 for cell in summary["results"].values())
+    assert list(summary["results"]["watermark"]) == methods
+    assert all(cell["n"] == 2 for cell in summary["results"]["watermark"].values())
+
+
+@pytest.mark.slow
+def test_the_three_concept_world_trains_lora_runs_over_all_concepts_and_measures_each(tmp_path, tiny_sd_dir):
+    """icd build of the three concepts at once -> one naive and one Geom-Erasing LoRA run per training seed -> an ICR
+    per concept, the runs' own rows on both seeds."""
+    from erasure.runs import LORA_FILE
+
+    detector = f"yolo:{TOY_DETECTOR}" if TOY_DETECTOR.exists() else "qr"
+    methods = ["naive", "naive_negative_prompt", "geom_erasing_plain", "geom_erasing"]
+    argv = ["--concept", "all", "--out", str(tmp_path), "--base", str(tiny_sd_dir), "--num-images", "24"]
+    argv += ["--train-steps", "2", "--eval-images", "2", "--steps", "2", "--detector", detector, "--no-full-unet"]
+    record = tmp_path / "toy_icr_multi.json"
+    argv += ["--concept-rate", "0.5", "--seeds", "0", "1", "--methods", *methods, "--record", str(record)]
+    assert main(argv) == 0
+    rows = load_from_disk(str(tmp_path / "icd"))["concepts"]
+    assert {c["name"] for row in rows for c in row} == {"watermark", "text", "qrcode"}
+    runs = sorted(run.name for run in (tmp_path / "runs").iterdir())
+    # one pair of runs for the three concepts per seed
+    assert runs == ["toy_geom_erasing_all", "toy_geom_erasing_all_seed1", "toy_naive_all", "toy_naive_all_seed1"]
+    assert all((tmp_path / "runs" / run / LORA_FILE).is_file() for run in runs)
+    assert yaml.safe_load((tmp_path / "runs" / runs[1] / "recipe.yaml").read_text())["train"]["seed"] == 1
+    template = (tmp_path / "runs" / "toy_geom_erasing_all" / "negative_prompt.txt").read_text()
+    assert [part.split()[0] for part in template.split(", ")[1:]] == ["watermark", "text", "qrcode"]
+    table = json.loads(record.read_text())
+    assert list(table) == ["watermark", "text", "qrcode"] and all(list(t) == methods for t in table.values())
+    for concept in table:
+        cell = json.loads((tmp_path / "icr" / concept / "naive_negative_prompt" / "cell.json").read_text())
+        assert cell["negative_prompt"] == concept  # each concept's ICR names its own word
+        assert (tmp_path / f"demo_{concept}.png").is_file()
+        for method, row in table[concept].items():  # the runs' rows on both seeds, baselines on the first
+            if method == "naive_negative_prompt":
+                assert "seeds" not in row
+            else:
+                assert len(row["seeds"]) == 2 and row["icr"] == pytest.approx(sum(row["seeds"]) / 2)
