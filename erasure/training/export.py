@@ -14,12 +14,15 @@ The LoRA is written by diffusers' own ``save_lora_weights`` with peft's adapter 
 that differs from the rank loads back with the right scale. The kohya file follows kohya-ss sd-scripts
 (``networks/lora.py``): ``lora_unet_`` + the module path with ``_`` for ``.``, in diffusers' UNet names for SD 1.x
 and in the original (sgm) names for SDXL, whose kohya UNet is the original one; ``.alpha`` scales by alpha / rank.
+A FLUX LoRA goes to the original (Black Forest Labs) module names that kohya's ``networks/lora_flux.py`` and ComfyUI
+use (``lora_unet_double_blocks_0_img_attn_qkv``), where one linear layer holds what diffusers splits in several.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import itertools
 import json
 import os
 import shutil
@@ -157,6 +160,72 @@ def kohya_state_dict(
     return {k: torch.tensor(float(alpha)) if k.endswith(".alpha") else v.contiguous() for k, v in kohya.items()}
 
 
+# diffusers' FLUX modules under each original (Black Forest Labs) module, in the order the fused one stacks them.
+FLUX_DOUBLE_BLOCK = {  # transformer_blocks.N. -> double_blocks_N_
+    "img_attn_qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "img_attn_proj": ("attn.to_out.0",),
+    "img_mlp_0": ("ff.net.0.proj",),
+    "img_mlp_2": ("ff.net.2",),
+    "img_mod_lin": ("norm1.linear",),
+    "txt_attn_qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    "txt_attn_proj": ("attn.to_add_out",),
+    "txt_mlp_0": ("ff_context.net.0.proj",),
+    "txt_mlp_2": ("ff_context.net.2",),
+    "txt_mod_lin": ("norm1_context.linear",),
+}
+FLUX_SINGLE_BLOCK = {  # single_transformer_blocks.N. -> single_blocks_N_
+    "linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"),
+    "linear2": ("proj_out",),
+    "modulation_lin": ("norm.linear",),
+}
+FLUX_MLP_RATIO = 4  # a single block's proj_mlp is 4 times its attention width in every FLUX.1 model
+
+
+def flux_kohya_state_dict(lora_file: Path, alpha: float) -> dict[str, torch.Tensor]:
+    """diffusers FLUX LoRA file → kohya / ComfyUI keys in the original module names, with each module's ``.alpha``.
+
+    Where one original layer holds several diffusers modules (``img_attn_qkv`` = to_q, to_k, to_v), their LoRAs are
+    stacked into one of rank n × rank: down matrices one above the other, up matrices on the block diagonal, alpha n
+    × alpha, so that alpha / rank and every part's update stay as trained; a part without a LoRA (proj_mlp, when only
+    the attention was trained) gets zeros.
+    """
+    saved = load_file(lora_file)
+    left = set(saved)
+    kohya: dict[str, torch.Tensor] = {}
+    for blocks, original, table in (
+        ("transformer_blocks", "double_blocks", FLUX_DOUBLE_BLOCK),
+        ("single_transformer_blocks", "single_blocks", FLUX_SINGLE_BLOCK),
+    ):
+        indices = sorted({int(k.split(".")[2]) for k in saved if k.startswith(f"transformer.{blocks}.")})
+        for i, (name, parts) in itertools.product(indices, table.items()):
+            keys = [f"transformer.{blocks}.{i}.{part}" for part in parts]
+            present = [k for k in keys if f"{k}.lora_A.weight" in saved]
+            if not present:
+                continue
+            rank, width = saved[f"{present[0]}.lora_A.weight"].shape
+            dtype = saved[f"{present[0]}.lora_A.weight"].dtype
+            outs = {p: saved[f"{k}.lora_B.weight"].shape[0] for k, p in zip(keys, parts, strict=True) if k in present}
+            mlp_only = outs.get("proj_mlp", 0) // FLUX_MLP_RATIO
+            attention = next((w for p, w in outs.items() if p != "proj_mlp"), mlp_only)
+            downs, ups = [], []
+            for key, part in zip(keys, parts, strict=True):
+                if key in present:
+                    down, up = saved[f"{key}.lora_A.weight"], saved[f"{key}.lora_B.weight"]
+                    left -= {f"{key}.lora_A.weight", f"{key}.lora_B.weight"}
+                else:
+                    out = attention * (FLUX_MLP_RATIO if part == "proj_mlp" else 1)
+                    down, up = torch.zeros(rank, width, dtype=dtype), torch.zeros(out, rank, dtype=dtype)
+                downs.append(down)
+                ups.append(up)
+            prefix = f"lora_unet_{original}_{i}_{name}"
+            kohya[f"{prefix}.lora_down.weight"] = torch.cat(downs).contiguous()
+            kohya[f"{prefix}.lora_up.weight"] = torch.block_diag(*ups).contiguous()
+            kohya[f"{prefix}.alpha"] = torch.tensor(float(alpha) * len(parts))
+    if left:
+        raise ValueError(f"{lora_file}: no kohya name for {sorted(left)[:3]} (only the transformer blocks have one)")
+    return kohya
+
+
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -192,11 +261,18 @@ def merged_pipeline(run_dir: Path, recipe: Recipe) -> Any:
 def _write_kohya(run_dir: Path, recipe: Recipe) -> Path:
     if not (run_dir / LORA_FILE).is_file():
         raise ConfigError(f"{run_dir}: --format kohya needs a LoRA run ({LORA_FILE}); this run has none")
-    unet_config = None
-    if recipe.model.kind == "sdxl":
-        unet_config = UNet2DConditionModel.load_config(recipe.model.pretrained, subfolder="unet")
+    alpha = recipe.lora.alpha or recipe.lora.rank
+    if recipe.model.kind == "sd3":
+        raise ConfigError(f"{run_dir}: kohya files are written for SD 1.x / 2.x, SDXL and FLUX; SD3: {LORA_FILE}")
+    if recipe.model.kind == "flux":
+        kohya = flux_kohya_state_dict(run_dir / LORA_FILE, alpha)
+    else:
+        unet_config = None
+        if recipe.model.kind == "sdxl":
+            unet_config = UNet2DConditionModel.load_config(recipe.model.pretrained, subfolder="unet")
+        kohya = kohya_state_dict(run_dir / LORA_FILE, alpha, unet_config)
     kohya_file = run_dir / f"{recipe.name}.safetensors"
-    save_file(kohya_state_dict(run_dir / LORA_FILE, recipe.lora.alpha or recipe.lora.rank, unet_config), kohya_file)
+    save_file(kohya, kohya_file)
     return kohya_file
 
 

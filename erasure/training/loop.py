@@ -135,14 +135,14 @@ def check_flow_recipe(recipe: Recipe) -> None:
         "train.prediction_type": recipe.train.prediction_type,
         "train.snr_gamma": recipe.train.snr_gamma,
         "validation.prompts": recipe.validation.prompts,
-        "export.kohya": recipe.export.kohya,
+        "export.kohya": recipe.export.kohya and recipe.model.kind != "flux",
     }
     for key, value in unsupported.items():
         if value:
             raise ConfigError(
                 f"{key} = {value!r} does not apply to model.kind={recipe.model.kind}: it trains the flow-matching "
-                "velocity, sampled by train.timestep_sampling (validation grids and kohya files are UNet-only for "
-                f"now); unset {key}"
+                "velocity, sampled by train.timestep_sampling (for now validation grids are UNet-only, kohya files "
+                f"for UNets and FLUX); unset {key}"
             )
 
 

@@ -233,3 +233,54 @@ def test_sd3_without_t5_trains_on_the_zero_rows_its_pipeline_samples_with(tmp_pa
     assert result.finished
     run = erasure.load_run(erasure.load_pipeline(str(model_dir)).pipeline, result.run_dir)
     assert run.weights == "lora"
+
+
+def test_flux_kohya_file_loads_through_diffusers_as_the_lora_it_was(tmp_path):
+    """FLUX.1's widths, one double and one single block: diffusers' kohya reader (the format ComfyUI and kohya's
+    lora_flux.py write) gives back every module's update, fused q/k/v and the zero proj_mlp part included."""
+    from diffusers import FluxPipeline
+    from safetensors.torch import save_file
+
+    from erasure.training.export import flux_kohya_state_dict
+
+    width, rank, alpha = 3072, 4, 8.0
+    outs = {"ff.net.0.proj": 4 * width, "norm1.linear": 6 * width}
+    modules = [
+        f"transformer_blocks.0.{m}"
+        for m in ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj")
+        + ("attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "norm1.linear")
+    ] + [f"single_transformer_blocks.0.{m}" for m in ("attn.to_q", "attn.to_k", "attn.to_v")]
+    generator = torch.Generator().manual_seed(0)
+    lora = {}
+    for module in modules:
+        out = outs.get(module.split(".", 2)[2], width)
+        lora[f"transformer.{module}.lora_A.weight"] = torch.randn(rank, width, generator=generator)
+        lora[f"transformer.{module}.lora_B.weight"] = torch.randn(out, rank, generator=generator)
+    save_file(lora, tmp_path / "lora.safetensors")
+    kohya = flux_kohya_state_dict(tmp_path / "lora.safetensors", alpha)
+    assert kohya["lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight"].shape == (3 * width, 3 * rank)
+    assert kohya["lora_unet_single_blocks_0_linear1.lora_up.weight"].shape == (7 * width, 4 * rank)
+    save_file(kohya, tmp_path / "kohya.safetensors")
+
+    read = FluxPipeline.lora_state_dict(tmp_path / "kohya.safetensors")
+    read = read[0] if isinstance(read, tuple) else read
+    for module in modules:
+        a, b = (lora[f"transformer.{module}.lora_{x}.weight"] for x in "AB")
+        a2, b2 = (read[f"transformer.{module}.lora_{x}.weight"] for x in "AB")
+        torch.testing.assert_close(b2 @ a2, alpha / rank * b @ a)  # diffusers folds alpha / rank into the weights
+    mlp = read["transformer.single_transformer_blocks.0.proj_mlp.lora_B.weight"]
+    assert mlp.shape == (4 * width, rank) and not mlp.any()
+    with pytest.raises(ValueError, match="no kohya name for .*x_embedder"):
+        save_file({"transformer.x_embedder.lora_A.weight": torch.zeros(1, 1)}, tmp_path / "other.safetensors")
+        flux_kohya_state_dict(tmp_path / "other.safetensors", alpha)
+
+
+def test_a_flux_run_writes_its_kohya_file(tmp_path, draw_tiny_icd, train_tiny):
+    model_dir = save_tiny_flux(tmp_path / "model")
+    icd = draw_tiny_icd(tmp_path / "icd", n=2)
+    result = train_tiny(tmp_path / "train", model_dir, icd, "export.kohya=true", "train.max_steps=1", kind="flux")
+    (kohya_file,) = [p for p in result.run_dir.glob("*.safetensors") if p.name.startswith("tiny")]
+    keys = load_file(kohya_file)
+    assert "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight" in keys
+    assert "lora_unet_single_blocks_0_linear1.alpha" in keys
+    assert all(k.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_")) for k in keys)
