@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from detectors.clikit import Commands, run_cli
+from erasure.cli.kit import Commands, run_cli
 
 COMMANDS: Commands = {"build": ("datasets_icd.build_command", "build an Implicit Concept Dataset from a source")}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from detectors.clikit import Commands, run_cli
+from erasure.cli.kit import Commands, run_cli
 
 COMMANDS: Commands = {
     "evaluate": ("detectors.evaluate", "precision, recall and AP50 of a detector spec on an ICD dataset"),

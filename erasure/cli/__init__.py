@@ -8,7 +8,7 @@ examples:
 
 from __future__ import annotations
 
-from detectors.clikit import Commands, run_cli
+from erasure.cli.kit import Commands, run_cli
 
 # Each command is a module with add_arguments(parser) and run(args); add a line here to register one.
 COMMANDS: Commands = {
