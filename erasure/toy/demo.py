@@ -123,6 +123,8 @@ def _train(args: argparse.Namespace, mode: str, seed: int, base: str, dataset: P
         f"train.seed={seed}",
         f"output_dir={args.out / 'runs' / '{name}'}",
         *(["lora.full_unet=true"] if args.full_unet else []),
+        # the toy recipes' LoRA names UNet modules; a transformer (the toy SD3) takes its family's attention layers
+        *(["lora.target_modules=null"] if not args.full_unet and (Path(base) / "transformer").is_dir() else []),
         *(
             [f"train.learning_rate={args.learning_rate or FULL_UNET_LR}"]
             if args.full_unet or args.learning_rate
@@ -268,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         "--full-unet",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="fine-tune every UNet weight (--no-full-unet: the recipes' cross-attention LoRA, which did not learn "
-        "the toy concepts in CPU-sized runs)",
+        help="fine-tune every UNet (or transformer) weight; --no-full-unet: the recipes' cross-attention LoRA (on a "
+        "transformer base its attention layers), which learns the toy concepts more slowly (benchmarks/NOTES.md)",
     )
     parser.add_argument(
         "--learning-rate",
