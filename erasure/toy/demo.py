@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (dataset / "build.json").is_file():
         print(
             f"[demo] 1/3 toy ICD ({args.world}): {args.num_images} images, {' and '.join(_concepts(args))} in "
-            f"~{args.concept_rate:.0%} (each)"
+            f"~{args.concept_rate:.0%}{' each' if args.concept == ALL else ''}"
         )
         icd_main(
             [
