@@ -108,7 +108,7 @@ def _train(args: argparse.Namespace, mode: str, seed: int, base: str, dataset: P
     recipe = args.project / RECIPES / f"toy_{mode}.yaml"
     if not recipe.is_file():
         raise SystemExit(f"[demo] no recipe {recipe}: give --project, a checkout of this repository")
-    name = f"toy_{mode}_{args.concept}" + ("" if seed == args.seeds[0] else f"_seed{seed}")
+    name = _seeded(f"toy_{mode}_{args.concept}", seed, args.seeds)
     run_dir = args.out / "runs" / name
     if (run_dir / "erasure.json").is_file():
         print(f"[demo] {name}: already trained, reusing {run_dir}")
@@ -146,9 +146,12 @@ def _pooled_seeds(results: dict[str, dict], seeds: list[int]) -> dict[str, dict]
 
     from erasure.evaluation.icr import wilson_interval
 
-    pooled = {name: r for name, r in results.items() if "_seed" not in name}
-    for name in pooled.keys() & set(SEEDED_METHODS) if len(seeds) > 1 else ():
-        per_seed = [results[name], *(results[f"{name}_seed{seed}"] for seed in seeds[1:])]
+    if len(seeds) == 1:
+        return results
+    extra = {_seeded(name, seed, seeds) for name in SEEDED_METHODS for seed in seeds[1:]}
+    pooled = {name: r for name, r in results.items() if name not in extra}
+    for name in [name for name in SEEDED_METHODS if name in pooled]:
+        per_seed = [results[_seeded(name, seed, seeds)] for seed in seeds]
         flagged, n = sum(r["flagged"] for r in per_seed), sum(r["n"] for r in per_seed)
         pooled[name] = {
             "icr": mean(r["icr"] for r in per_seed),
@@ -158,6 +161,11 @@ def _pooled_seeds(results: dict[str, dict], seeds: list[int]) -> dict[str, dict]
             **{key: mean(r[key] for r in per_seed) for key in ("fidelity", "fid") if key in results[name]},
         }
     return pooled
+
+
+def _seeded(name: str, seed: int, seeds: list[int]) -> str:
+    """A run's or a row's name for one training seed: the first seed keeps the plain name."""
+    return name if seed == seeds[0] else f"{name}_seed{seed}"
 
 
 def _concepts(args: argparse.Namespace) -> list[str]:
@@ -390,13 +398,15 @@ def main(argv: list[str] | None = None) -> int:
     checker_dir = args.project / TOY_CHECKER
     checker = [f"checker={checker_dir}"] if (checker_dir / "model.safetensors").is_file() else []
     results, figures = {}, {}
+    # one concept: icr/ and demo.png; the three-concept world: icr/CONCEPT/ and demo_CONCEPT.png
+    single = args.concept != ALL
     for concept in _concepts(args):
-        # one concept: icr/ and demo.png, as before; the three-concept world: icr/CONCEPT/ and demo_CONCEPT.png
-        single = args.concept != ALL
         icr_dir = args.out / "icr" if single else args.out / "icr" / concept
         cells = [_cell(name, concept, runs, args.seeds[0], args) for name in args.methods]
         extra = [(name, seed) for seed in args.seeds[1:] for name in args.methods if name in SEEDED_METHODS]
-        cells += [_cell(name, concept, runs, seed, args) | {"name": f"{name}_seed{seed}"} for name, seed in extra]
+        cells += [
+            _cell(name, concept, runs, seed, args) | {"name": _seeded(name, seed, args.seeds)} for name, seed in extra
+        ]
         config = load_config(
             IcrConfig,
             None,
@@ -418,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         figure = args.out / ("demo.png" if single else f"demo_{concept}.png")
         figures[concept] = str(_figure(icr_dir, figure, results[concept], args.methods, concept))
         print(markdown_table(concept, results[concept]))
-        print(f"[demo] figure: {figure}\n[demo] report: {write_html_report(icr_dir if not single else args.out)}")
+        print(f"[demo] figure: {figure}\n[demo] report: {write_html_report(args.out if single else icr_dir)}")
     summary = {"concepts": _concepts(args), "base_model": base, "trained_base": trained_base, "results": results}
     (args.out / "demo.json").write_text(json.dumps(summary | {"figures": figures}, indent=2))
     for concept, table in results.items() if args.record else ():

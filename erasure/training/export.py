@@ -261,9 +261,9 @@ def merged_pipeline(run_dir: Path, recipe: Recipe) -> Any:
 def _write_kohya(run_dir: Path, recipe: Recipe) -> Path:
     if not (run_dir / LORA_FILE).is_file():
         raise ConfigError(f"{run_dir}: --format kohya needs a LoRA run ({LORA_FILE}); this run has none")
-    alpha = recipe.lora.alpha or recipe.lora.rank
     if recipe.model.kind == "sd3":
         raise ConfigError(f"{run_dir}: kohya files are written for SD 1.x / 2.x, SDXL and FLUX; SD3: {LORA_FILE}")
+    alpha = recipe.lora.alpha or recipe.lora.rank
     if recipe.model.kind == "flux":
         kohya = flux_kohya_state_dict(run_dir / LORA_FILE, alpha)
     else:
