@@ -57,6 +57,7 @@ from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPip
 from diffusers.loaders import TextualInversionLoaderMixin
 from transformers import T5TokenizerFast
 
+from erasure.attention import transformer_with_last_key_repeated
 from erasure.runs import PROMPT_FIELD, fill_template
 from erasure.sld import DEFAULT_SAFETY_CONCEPT, SafetyConfig, resolve_safety_config, safety_guidance_step
 
@@ -278,7 +279,11 @@ class _SafeLatentDiffusionMixin:
     def _token_limits(self, options: dict[str, Any]) -> dict[str, int]:
         """Tokenizer attribute → how many tokens of a text (special ones included) the pipeline keeps: a CLIP
         tokenizer its ``model_max_length``, SD3's and FLUX's T5 the call's ``max_sequence_length``."""
-        tokenizers = {name: getattr(self, name, None) for name in ("tokenizer", "tokenizer_2", "tokenizer_3")}
+        tokenizers = {  # a tokenizer without its encoder (SD3 without T5) limits nothing
+            name: getattr(self, name, None)
+            for name in ("tokenizer", "tokenizer_2", "tokenizer_3")
+            if getattr(self, name.replace("tokenizer", "text_encoder"), None) is not None
+        }
         return {
             name: options["max_sequence_length"]
             if isinstance(tokenizer, T5TokenizerFast)
@@ -362,11 +367,26 @@ class SLDXLPipeline(_SafeLatentDiffusionMixin, StableDiffusionXLPipeline):
         return {"encoder_hidden_states": embeds, "text_embeds": pooled}
 
 
+_SD3_T5_ROWS = inspect.signature(StableDiffusion3Pipeline.__call__).parameters["max_sequence_length"].default
+
+
 class SLDSD3Pipeline(_SafeLatentDiffusionMixin, StableDiffusion3Pipeline):
     """SD3 / SD3.5 with Safe Latent Diffusion on its velocity predictions (see the module docstring for the mapping):
     the safety concept conditions the three text encoders and the pooled embedding."""
 
     _denoiser = _Denoiser("transformer", ("hidden_states",))
+
+    @torch.no_grad()
+    def __call__(self, *args: Any, **kwargs: Any):
+        """The SLD call above. Without T5 (``text_encoder_3=None``) the ``max_sequence_length`` zero rows that stand
+        for it run as one row that attention weighs as all of them (:mod:`erasure.attention`): the same images, and
+        a text stream of 78 rows instead of 333."""
+        count = kwargs.get("max_sequence_length", _SD3_T5_ROWS)
+        given = any(kwargs.get(name) is not None for name in ("prompt_embeds", "negative_prompt_embeds"))
+        if self.text_encoder_3 is not None or given or count == 1:
+            return super().__call__(*args, **kwargs)
+        with transformer_with_last_key_repeated(self.transformer, count):
+            return super().__call__(*args, **kwargs | {"max_sequence_length": 1})
 
     def _plan(self, options):
         if options["skip_guidance_layers"] is not None:

@@ -8,7 +8,7 @@ every concept, and its CLIP text encoder, frozen) and trains only a ``SD3Transfo
 clean scenes, with the flow-matching objective and logit-normal noise levels of diffusers' SD3 scripts. The
 result loads with ``StableDiffusion3Pipeline.from_pretrained(out_dir)``; it has no T5 encoder (SD3 without one
 pads the sequence with 256 zero rows when ``text_encoder_3`` is None; training reads them as one repeated row,
-``erasure.training.models.last_key_repeated``).
+``erasure.attention.last_key_repeated``).
 """
 
 from __future__ import annotations
@@ -36,9 +36,10 @@ from pydantic import Field
 from tqdm.auto import tqdm
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
+from erasure.attention import last_key_repeated
 from erasure.config import MixedPrecision, StrictModel, load_config
 from erasure.toy.base import encode_all, toy_images
-from erasure.training.models import flow_noising, flow_sigmas, last_key_repeated
+from erasure.training.models import flow_noising, flow_sigmas
 
 
 class ToyFlowConfig(StrictModel):

@@ -16,12 +16,9 @@ second set of trained rows per token to a 4.7B-parameter encoder for no tool tha
 from __future__ import annotations
 
 import contextlib
-import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from diffusers import (
     AutoencoderKL,
     DDPMScheduler,
@@ -35,6 +32,7 @@ from diffusers import (
 from diffusers.training_utils import compute_density_for_timestep_sampling
 from peft import LoraConfig
 
+from erasure.attention import last_key_repeated
 from erasure.config import ConfigError
 from erasure.loading import from_pretrained_any, model_index, pipeline_class
 from erasure.recipe import ModelSection, Recipe
@@ -203,30 +201,6 @@ def flow_noising(
     """The flow-matching pair: x_t = (1 - σ) x0 + σ ε and its velocity target v = ε - x0."""
     sigma = sigmas.view(-1, 1, 1, 1).to(latents.dtype)
     return (1 - sigma) * latents + sigma * noise, noise - latents
-
-
-@contextlib.contextmanager
-def last_key_repeated(count: int) -> Iterator[None]:
-    """Attention inside the block reads its last key and value as if they stood ``count`` times.
-
-    SD3 without T5 (``text_encoder_3=None``) is conditioned on the CLIP states followed by ``max_sequence_length``
-    (256) zero rows. Those rows enter as one identical token and stay identical through every block (SD3 gives text
-    no position), so ``count`` copies in softmax attention equal one copy whose logit is raised by ``log(count)``:
-    training on one zero row under this bias is exact, forward and backward, and 6x cheaper for a small model. It
-    wraps ``F.scaled_dot_product_attention``, which diffusers' joint attention calls without a mask.
-    """
-    plain = F.scaled_dot_product_attention
-
-    def biased(query, key, value, attn_mask=None, **options):
-        bias = key.new_zeros(1, key.shape[-2])  # broadcast over batch, heads and queries
-        bias[:, -1] = math.log(count)
-        return plain(query, key, value, attn_mask=bias if attn_mask is None else attn_mask + bias, **options)
-
-    F.scaled_dot_product_attention = biased
-    try:
-        yield
-    finally:
-        F.scaled_dot_product_attention = plain
 
 
 def flow_prediction(

@@ -187,8 +187,8 @@ def _joint_inputs(width: int, rows: int) -> dict:
 def test_one_zero_row_repeated_equals_the_pipelines_256_forward_and_backward():
     import torch.nn.functional as F
 
+    from erasure.attention import last_key_repeated
     from erasure.testing import tiny_sd3_components
-    from erasure.training.models import last_key_repeated
 
     transformer = tiny_sd3_components()["transformer"]
     plain_attention = F.scaled_dot_product_attention
