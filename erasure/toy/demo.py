@@ -134,6 +134,7 @@ def _train(args: argparse.Namespace, mode: str, seed: int, base: str, dataset: P
         *([f"train.token_learning_rate={args.token_learning_rate}"] if mode == "geom_erasing" else []),
         "validation.prompts=[]",
         "report_to=null",
+        *args.recipe_overrides,
     ]
     train(load_recipe(recipe, overrides))
     return run_dir
@@ -307,6 +308,15 @@ def main(argv: list[str] | None = None) -> int:
         default=[0],
         help="training seeds: both fine-tunes are repeated for each, and the rows naive, geom_erasing_plain and "
         "geom_erasing measured on every one (their ICR: the mean; 'seeds': per-seed ICRs); the others on the first",
+    )
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="FIELD=VALUE",
+        dest="recipe_overrides",
+        help="recipe fields for both fine-tunes, applied after the demo's own (e.g. lora.rank=32 "
+        "train.lr_scheduler=cosine), as train.py takes them",
     )
     parser.add_argument("--eval-images", type=int, default=64, help="images per ICR cell")
     parser.add_argument("--steps", type=int, default=20, help="sampler steps per image")
