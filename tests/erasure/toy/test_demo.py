@@ -105,10 +105,12 @@ def test_demo_chain_runs_on_a_flow_matching_base(tmp_path):
     methods = ["naive", "geom_erasing_plain", "geom_erasing", "naive_sld_medium"]
     argv = ["--concept", "watermark", "--out", str(tmp_path / "demo"), "--base", str(base), "--num-images", "16"]
     argv += ["--train-steps", "2", "--eval-images", "2", "--steps", "2", "--detector", detector, "--methods", *methods]
-    assert main([*argv, "--no-full-unet"]) == 0
+    assert main([*argv, "--no-full-unet", "--set", "lora.rank=3", "train.lr_scheduler=cosine"]) == 0
     runs = tmp_path / "demo" / "runs"
     for run in ("toy_naive_watermark", "toy_geom_erasing_watermark"):  # LoRAs on the transformer's attention
         assert any("add_q_proj" in key for key in load_file(runs / run / LORA_FILE))
+        recipe = yaml.safe_load((runs / run / "recipe.yaml").read_text())
+        assert (recipe["lora"]["rank"], recipe["train"]["lr_scheduler"]) == (3, "cosine")  # --set reaches both
     assert (runs / "toy_geom_erasing_watermark" / "learned_embeds_2.safetensors").is_file()  # both CLIP slots
     summary = json.loads((tmp_path / "demo" / "demo.json").read_text())
     assert list(summary["results"]["watermark"]) == methods
