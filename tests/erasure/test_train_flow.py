@@ -284,3 +284,40 @@ def test_a_flux_run_writes_its_kohya_file(tmp_path, draw_tiny_icd, train_tiny):
     assert "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight" in keys
     assert "lora_unet_single_blocks_0_linear1.alpha" in keys
     assert all(k.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_")) for k in keys)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("recipe", "build", "adapted"),
+    [
+        (
+            "sd35_geom_erasing_watermark",
+            save_tiny_sd3,
+            ["attn.to_q", "attn.add_q_proj", "ff.net.0.proj", "ff_context"],
+        ),
+        ("flux_geom_erasing_watermark", save_tiny_flux, ["attn.to_q", "ff.net.2", "ff_context", "proj_mlp"]),
+    ],
+)
+def test_the_flow_recipes_train_on_a_tiny_model_of_their_family_as_written(
+    tmp_path, draw_tiny_icd, recipe, build, adapted
+):
+    """The committed SD3.5 / FLUX recipes with only the model, the data and the sizes swapped: their LoRA layout (the
+    attention and the feed-forwards of both streams) reaches the transformer, and a FLUX run writes its kohya file."""
+    from erasure.recipe import load_recipe
+    from erasure.training import train
+    from erasure.training.export import export_run
+
+    model_dir = build(tmp_path / "model")
+    icd = draw_tiny_icd(tmp_path / "icd", n=4)
+    sizes = ["train.max_steps=2", "train.batch_size=2", "train.gradient_accumulation_steps=1", "train.num_workers=0"]
+    sizes += ["data.resolution=32", "checkpoint.every=1", "report_to=null", "train.lr_warmup_steps=1"]
+    path = Path(__file__).parents[2] / "recipes" / f"{recipe}.yaml"
+    overrides = [f"model.pretrained={model_dir}", f"data.dataset={icd}", f"output_dir={tmp_path / 'run'}", *sizes]
+    result = train(load_recipe(path, overrides))
+    lora = load_file(result.run_dir / LORA_FILE)
+    for module in adapted:
+        assert any(f".{module}." in key for key in lora), module
+    if build is save_tiny_flux:
+        export_run(result.run_dir, kohya=True)
+        kohya = load_file(result.run_dir / f"{recipe}.safetensors")
+        assert any(key.startswith("lora_unet_double_blocks_0_img_mlp_0") for key in kohya)
