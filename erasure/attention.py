@@ -4,7 +4,8 @@ SD3 without its T5 encoder (``text_encoder_3=None``, diffusers' way to save its 
 states followed by ``max_sequence_length`` (256) zero rows. Those rows enter as one identical token and stay identical
 through every block (SD3 gives text no position), so ``count`` copies in softmax attention equal one copy whose logit
 is raised by ``log(count)``: one zero row under that bias gives the same result, forward and backward, at a fraction
-of the cost for a small model.
+of the cost for a small model, wherever the zero row is the last key of every attention
+(:func:`last_key_is_the_zero_row`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,13 @@ def last_key_repeated(count: int) -> Iterator[None]:
         yield
     finally:
         F.scaled_dot_product_attention = plain
+
+
+def last_key_is_the_zero_row(transformer: torch.nn.Module) -> bool:
+    """Whether every attention of ``transformer`` is joint (image keys, then text keys: the last is the last zero
+    row). SD3.5 Medium's second, image-only attention (``dual_attention_layers``) would have an image token biased,
+    so such a model keeps its zero rows."""
+    return not getattr(transformer.config, "dual_attention_layers", ())
 
 
 @contextlib.contextmanager

@@ -57,7 +57,7 @@ from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPip
 from diffusers.loaders import TextualInversionLoaderMixin
 from transformers import T5TokenizerFast
 
-from erasure.attention import transformer_with_last_key_repeated
+from erasure.attention import last_key_is_the_zero_row, transformer_with_last_key_repeated
 from erasure.runs import PROMPT_FIELD, fill_template
 from erasure.sld import DEFAULT_SAFETY_CONCEPT, SafetyConfig, resolve_safety_config, safety_guidance_step
 
@@ -383,7 +383,7 @@ class SLDSD3Pipeline(_SafeLatentDiffusionMixin, StableDiffusion3Pipeline):
         a text stream of 78 rows instead of 333."""
         count = kwargs.get("max_sequence_length", _SD3_T5_ROWS)
         given = any(kwargs.get(name) is not None for name in ("prompt_embeds", "negative_prompt_embeds"))
-        if self.text_encoder_3 is not None or given or count == 1:
+        if self.text_encoder_3 is not None or given or count == 1 or not last_key_is_the_zero_row(self.transformer):
             return super().__call__(*args, **kwargs)
         with transformer_with_last_key_repeated(self.transformer, count):
             return super().__call__(*args, **kwargs | {"max_sequence_length": 1})

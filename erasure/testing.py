@@ -275,10 +275,11 @@ def tiny_flow_scheduler(**config) -> FlowMatchEulerDiscreteScheduler:
     return FlowMatchEulerDiscreteScheduler(shift=3.0, **config)
 
 
-def tiny_sd3_components(seed: int = 0, t5: bool = True) -> dict:
+def tiny_sd3_components(seed: int = 0, t5: bool = True, dual_attention_layers: tuple[int, ...] = ()) -> dict:
     """A tiny SD3: MMDiT on 16 px latents, two CLIP encoders (pooled 32 + 32) and a T5 whose width (64) is the
     joint attention width, as SD3 pads the CLIP states to the T5's; ``t5=False`` leaves T5 out, as users run SD3 in
-    less memory (the pipeline then reads zero rows in its place)."""
+    less memory (the pipeline then reads zero rows in its place); ``dual_attention_layers`` gives those blocks SD3.5
+    Medium's second, image-only attention (MMDiT-X)."""
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(
         sample_size=16,
@@ -292,6 +293,7 @@ def tiny_sd3_components(seed: int = 0, t5: bool = True) -> dict:
         caption_projection_dim=32,
         pooled_projection_dim=64,
         pos_embed_max_size=16,
+        dual_attention_layers=dual_attention_layers,
     )
     torch.manual_seed(seed)
     vae = tiny_vae(shift_factor=0.0609, scaling_factor=1.5035)  # SD3's own latent normalisation
@@ -317,14 +319,14 @@ def tiny_sd3_components(seed: int = 0, t5: bool = True) -> dict:
     }
 
 
-def tiny_sd3_pipeline(seed: int = 0, t5: bool = True) -> StableDiffusion3Pipeline:
-    return StableDiffusion3Pipeline(**tiny_sd3_components(seed, t5))
+def tiny_sd3_pipeline(seed: int = 0, t5: bool = True, dual_attention_layers: tuple[int, ...] = ()):
+    return StableDiffusion3Pipeline(**tiny_sd3_components(seed, t5, dual_attention_layers))
 
 
-def save_tiny_sd3(out_dir: str | Path, seed: int = 0, t5: bool = True) -> Path:
+def save_tiny_sd3(out_dir: str | Path, seed: int = 0, t5: bool = True, dual_attention_layers: tuple[int, ...] = ()):
     """Write a tiny SD3 pipeline that ``StableDiffusion3Pipeline.from_pretrained(out_dir)`` loads offline (without
     T5: ``from_pretrained(out_dir, text_encoder_3=None, tokenizer_3=None)``, or ``erasure.load_pipeline``)."""
-    tiny_sd3_pipeline(seed, t5).save_pretrained(out_dir, safe_serialization=True)
+    tiny_sd3_pipeline(seed, t5, dual_attention_layers).save_pretrained(out_dir, safe_serialization=True)
     return Path(out_dir)
 
 

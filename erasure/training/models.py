@@ -32,7 +32,7 @@ from diffusers import (
 from diffusers.training_utils import compute_density_for_timestep_sampling
 from peft import LoraConfig
 
-from erasure.attention import last_key_repeated
+from erasure.attention import last_key_is_the_zero_row, last_key_repeated
 from erasure.config import ConfigError
 from erasure.loading import from_pretrained_any, model_index, pipeline_class
 from erasure.recipe import ModelSection, Recipe
@@ -220,11 +220,13 @@ def flow_prediction(
     token rows); T5 is frozen.
     """
     timestep = (sigmas * 1000).to(dtype)
-    if parts.t5 is None:  # SD3 without T5: one zero row standing for the pipeline's 256
+    if parts.t5 is None:  # SD3 without T5: one zero row standing for the pipeline's 256, where that is exact
         clip_ids, t5_ids = input_ids, None
         width = transformer.config.joint_attention_dim
-        t5_states = torch.zeros(len(noisy), 1, width, device=noisy.device, dtype=dtype)
-        repeated = last_key_repeated(T5_LENGTH["sd3"])
+        one_row = last_key_is_the_zero_row(transformer)
+        rows = 1 if one_row else T5_LENGTH["sd3"]
+        t5_states = torch.zeros(len(noisy), rows, width, device=noisy.device, dtype=dtype)
+        repeated = last_key_repeated(T5_LENGTH["sd3"]) if one_row else contextlib.nullcontext()
     else:
         *clip_ids, t5_ids = input_ids
         with torch.no_grad():

@@ -319,10 +319,12 @@ def test_package_exports_the_flow_pipelines_lazily():
     subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[2], check=True)
 
 
-def test_sd3_without_t5_runs_its_zero_rows_as_one_and_samples_the_same_images():
-    """SD3 with ``text_encoder_3=None``: the 256 zero rows standing for T5 reach the transformer as one row, and the
-    images equal diffusers' (plain) and the 256-row path's (SLD + concept negation, prompt embeddings given)."""
-    components = tiny_sd3_components(t5=False)
+@pytest.mark.parametrize(("dual_attention_layers", "rows"), [((), 1), ((0,), 256)])
+def test_sd3_without_t5_runs_its_zero_rows_as_one_and_samples_the_same_images(dual_attention_layers, rows):
+    """SD3 with ``text_encoder_3=None``: the 256 zero rows standing for T5 reach the transformer as one row (all 256
+    for SD3.5 Medium's MMDiT-X, whose image-only attention would bias an image token), and the images equal diffusers'
+    (plain) and the 256-row path's (SLD + concept negation, prompt embeddings given)."""
+    components = tiny_sd3_components(t5=False, dual_attention_layers=dual_attention_layers)
     ours, theirs = SLDSD3Pipeline(**components), StableDiffusion3Pipeline(**components)
     for pipe in (ours, theirs):
         pipe.set_progress_bar_config(disable=True)
@@ -330,7 +332,7 @@ def test_sd3_without_t5_runs_its_zero_rows_as_one_and_samples_the_same_images():
     ours.transformer.context_embedder.register_forward_hook(lambda m, args, out: text_rows.append(args[0].shape[1]))
     np.testing.assert_allclose(_run(ours, output_type="np"), _run(theirs, output_type="np"), atol=1e-5, rtol=0)
     clip_rows = ours.tokenizer.model_max_length
-    assert text_rows == [clip_rows + 1] * 2 + [clip_rows + 256] * 2  # ours one row a step, diffusers 256
+    assert text_rows == [clip_rows + rows] * 2 + [clip_rows + 256] * 2  # ours, then diffusers' 256
 
     guidance = {"sld": MILD, "concept_negative_prompt": [f"{p}, a dog" for p in PROMPTS]}
     fast = _run(ours, **guidance)

@@ -207,12 +207,15 @@ def test_one_zero_row_repeated_equals_the_pipelines_256_forward_and_backward():
     assert not torch.allclose(unbiased, full, atol=1e-3)  # without the bias one row is not 256
 
 
-def test_sd3_without_t5_trains_on_the_zero_rows_its_pipeline_samples_with(tmp_path, draw_tiny_icd, train_tiny):
+@pytest.mark.parametrize("dual_attention_layers", [(), (0,)])  # SD3, SD3.5 Medium's image-only second attention
+def test_sd3_without_t5_trains_on_the_zero_rows_its_pipeline_samples_with(
+    tmp_path, draw_tiny_icd, train_tiny, dual_attention_layers
+):
     import erasure
     from erasure.recipe import ModelSection
     from erasure.training.models import flow_prediction, load_components
 
-    model_dir = save_tiny_sd3(tmp_path / "model", t5=False)
+    model_dir = save_tiny_sd3(tmp_path / "model", t5=False, dual_attention_layers=dual_attention_layers)
     parts = load_components(ModelSection(pretrained=str(model_dir), kind="sd3"))
     assert parts.t5 is None
     ids = parts.tokenize(["a red circle", "two blue squares"])
