@@ -380,7 +380,7 @@ class SLDSD3Pipeline(_SafeLatentDiffusionMixin, StableDiffusion3Pipeline):
     def __call__(self, *args: Any, **kwargs: Any):
         """The SLD call above. Without T5 (``text_encoder_3=None``) the ``max_sequence_length`` zero rows that stand
         for it run as one row that attention weighs as all of them (:mod:`erasure.attention`): the same images, and
-        a text stream of 78 rows instead of 333."""
+        a text stream of 78 rows instead of 333 (SD3.5 Medium's MMDiT-X keeps its 256 rows)."""
         count = kwargs.get("max_sequence_length", _SD3_T5_ROWS)
         given = any(kwargs.get(name) is not None for name in ("prompt_embeds", "negative_prompt_embeds"))
         if self.text_encoder_3 is not None or given or count == 1 or not last_key_is_the_zero_row(self.transformer):
