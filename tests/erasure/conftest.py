@@ -92,6 +92,17 @@ def draw_tiny_icd():
     return draw_icd
 
 
+@pytest.fixture
+def fresh_accelerator():
+    """accelerate keeps one state per process, fixed by the first Accelerator: a test that trains in another
+    precision than the others starts its own."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 @pytest.fixture(scope="session")
 def train_tiny():
     """``train_tiny(workdir, model_dir, icd_dir, *overrides, kind="sd")`` → TrainResult of a 4-step run."""

@@ -302,7 +302,7 @@ def test_a_flux_run_writes_its_kohya_file(tmp_path, draw_tiny_icd, train_tiny):
     ],
 )
 def test_the_flow_recipes_train_on_a_tiny_model_of_their_family_as_written(
-    tmp_path, draw_tiny_icd, recipe, build, adapted
+    tmp_path, draw_tiny_icd, fresh_accelerator, recipe, build, adapted
 ):
     """The committed SD3.5 / FLUX recipes with only the model, the data and the sizes swapped: their LoRA layout (the
     attention and the feed-forwards of both streams) reaches the transformer, and a FLUX run writes its kohya file."""

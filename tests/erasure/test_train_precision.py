@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
 from erasure.runs import EMBEDS_FILE, LORA_FILE
@@ -19,14 +18,6 @@ MODES = {
     "tokens_only": ["train.mode=tokens_only"],
     "full_unet": ["train.mode=geom_erasing", "lora.full_unet=true", "train.learning_rate=0.001"],
 }
-
-
-@pytest.fixture
-def fresh_accelerator():
-    """accelerate keeps one state per process, fixed by the first Accelerator: each test here starts its own."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def _weights(run_dir) -> dict[str, torch.Tensor]:
