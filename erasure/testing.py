@@ -319,11 +319,15 @@ def tiny_sd3_components(seed: int = 0, t5: bool = True, dual_attention_layers: t
     }
 
 
-def tiny_sd3_pipeline(seed: int = 0, t5: bool = True, dual_attention_layers: tuple[int, ...] = ()):
+def tiny_sd3_pipeline(
+    seed: int = 0, t5: bool = True, dual_attention_layers: tuple[int, ...] = ()
+) -> StableDiffusion3Pipeline:
     return StableDiffusion3Pipeline(**tiny_sd3_components(seed, t5, dual_attention_layers))
 
 
-def save_tiny_sd3(out_dir: str | Path, seed: int = 0, t5: bool = True, dual_attention_layers: tuple[int, ...] = ()):
+def save_tiny_sd3(
+    out_dir: str | Path, seed: int = 0, t5: bool = True, dual_attention_layers: tuple[int, ...] = ()
+) -> Path:
     """Write a tiny SD3 pipeline that ``StableDiffusion3Pipeline.from_pretrained(out_dir)`` loads offline (without
     T5: ``from_pretrained(out_dir, text_encoder_3=None, tokenizer_3=None)``, or ``erasure.load_pipeline``)."""
     tiny_sd3_pipeline(seed, t5, dual_attention_layers).save_pretrained(out_dir, safe_serialization=True)
