@@ -50,7 +50,9 @@ def last_key_is_the_zero_row(transformer: torch.nn.Module) -> bool:
 @contextlib.contextmanager
 def transformer_with_last_key_repeated(transformer: torch.nn.Module, count: int) -> Iterator[None]:
     """Every forward of ``transformer`` inside the block runs under :func:`last_key_repeated` (``count``); its
-    hooks run as before, outside the bias."""
+    hooks run as before, outside the bias. A forward set on the instance (accelerate's offload hooks put theirs
+    there) is put back on leaving."""
+    own = vars(transformer).get("forward")
     forward = transformer.forward
 
     def biased_forward(*args, **kwargs):
@@ -61,4 +63,7 @@ def transformer_with_last_key_repeated(transformer: torch.nn.Module, count: int)
     try:
         yield
     finally:
-        del transformer.forward  # the class's forward again
+        if own is None:
+            del transformer.forward  # the class's forward again
+        else:
+            transformer.forward = own

@@ -344,3 +344,22 @@ def test_sd3_without_t5_runs_its_zero_rows_as_one_and_samples_the_same_images(du
     slow = ours(num_inference_steps=2, generator=generators, output_type="latent", **given, **guidance).images
     assert set(text_rows) == {clip_rows + 256}
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-4)
+
+
+def test_the_one_row_bias_puts_back_an_offload_hooks_forward():
+    """accelerate's hooks (``enable_model_cpu_offload``) replace the module's forward on the instance: the bias
+    wraps that forward for the call and leaves it in place afterwards."""
+    from accelerate.hooks import ModelHook, add_hook_to_module
+
+    from erasure.attention import transformer_with_last_key_repeated
+
+    module = add_hook_to_module(torch.nn.Linear(2, 2), ModelHook())
+    hooked = module.forward
+    with transformer_with_last_key_repeated(module, 256):
+        assert module.forward is not hooked
+        module(torch.zeros(1, 2))
+    assert module.forward is hooked
+    plain = torch.nn.Linear(2, 2)
+    with transformer_with_last_key_repeated(plain, 256):
+        pass
+    assert "forward" not in vars(plain)  # the class's forward again
