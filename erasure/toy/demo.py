@@ -100,21 +100,17 @@ def _resolution(model: str) -> int:
     return json.loads(denoiser.read_text())["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
 
 
-def _train(args: argparse.Namespace, mode: str, seed: int, base: str, dataset: Path, resolution: int) -> Path:
-    """One fine-tune by the mode's toy recipe (the same for every concept), over the demo's concepts."""
-    from erasure.recipe import load_recipe
-    from erasure.training import train
-
+def _train_command(
+    args: argparse.Namespace, mode: str, seed: int, base: str, dataset: Path, resolution: int
+) -> list[str]:
+    """The ``erasure train`` arguments of one fine-tune by the mode's toy recipe (the same for every concept)."""
     recipe = args.project / RECIPES / f"toy_{mode}.yaml"
     if not recipe.is_file():
         raise SystemExit(f"[demo] no recipe {recipe}: give --project, a checkout of this repository")
-    name = _seeded(f"toy_{mode}_{args.concept}", seed, args.seeds)
-    run_dir = args.out / "runs" / name
-    if (run_dir / "erasure.json").is_file():
-        print(f"[demo] {name}: already trained, reusing {run_dir}")
-        return run_dir
-    overrides = [
-        f"name={name}",
+    return [
+        "--config",
+        str(recipe),
+        f"name={_seeded(f'toy_{mode}_{args.concept}', seed, args.seeds)}",
         f"model.pretrained={base}",
         f"data.dataset={dataset}",
         f"data.concepts={json.dumps(_concepts(args))}",
@@ -136,8 +132,47 @@ def _train(args: argparse.Namespace, mode: str, seed: int, base: str, dataset: P
         "report_to=null",
         *args.recipe_overrides,
     ]
-    train(load_recipe(recipe, overrides))
-    return run_dir
+
+
+def _fine_tune(
+    args: argparse.Namespace, jobs: list[tuple[str, int]], base: str, dataset: Path, resolution: int
+) -> dict[tuple[str, int], Path]:
+    """Every fine-tune the rows sample from (mode, training seed), reusing finished runs.
+
+    On a CPU the runs go side by side, one process per core (at most one per run): the toy models' small layers leave
+    a second thread of one run half idle, so two runs at once finish sooner than one after the other."""
+    import os
+    import subprocess
+
+    import torch
+
+    runs = {job: args.out / "runs" / _seeded(f"toy_{job[0]}_{args.concept}", job[1], args.seeds) for job in jobs}
+    todo = [job for job in jobs if not (runs[job] / "erasure.json").is_file()]
+    for job in sorted(set(jobs) - set(todo)):
+        print(f"[demo] {runs[job].name}: already trained, reusing {runs[job]}")
+    commands = [_train_command(args, *job, base, dataset, resolution) for job in todo]
+    cores = os.cpu_count() or 1
+    side_by_side = min(len(todo), cores) if not torch.cuda.is_available() else 1
+    if side_by_side < 2:
+        from erasure.cli.train import run
+
+        for command in commands:
+            run(argparse.Namespace(config=command[1], overrides=command[2:]))
+        return runs
+    threads = str(max(1, cores // side_by_side))
+    for first in range(0, len(commands), side_by_side):
+        batch = commands[first : first + side_by_side]
+        print(f"[demo] {len(batch)} fine-tunes side by side, {threads} thread(s) each")
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-m", "erasure.cli", "train", *command],
+                env=os.environ | {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TQDM_POSITION": str(i)},
+            )
+            for i, command in enumerate(batch)
+        ]
+        if any(process.wait() for process in processes):
+            raise SystemExit("[demo] a fine-tune failed (its error is above); a rerun reuses the runs that finished")
+    return runs
 
 
 def _pooled_seeds(results: dict[str, dict], seeds: list[int]) -> dict[str, dict]:
@@ -402,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     # only the fine-tunes the rows sample from: a table of Geom-Erasing rows alone needs no naive run
     modes = [mode for mode in ("naive", "geom_erasing") if any(METHODS[m]["run"] == mode for m in args.methods)]
     print(f"[demo] 2/3 fine-tuning: {', then '.join(modes) or 'none (the base model alone)'}")
-    runs = {(mode, seed): _train(args, mode, seed, base, dataset, resolution) for seed in args.seeds for mode in modes}
+    runs = _fine_tune(args, [(mode, seed) for seed in args.seeds for mode in modes], base, dataset, resolution)
 
     print("[demo] 3/3 implicit concept ratio on held-out prompts and seeds")
     checker_dir = args.project / TOY_CHECKER

@@ -1,6 +1,7 @@
 """The whole chain at small sizes, offline: icd build -> train (naive, Geom-Erasing) -> generate -> ICR."""
 
 import json
+import os
 
 import pytest
 import yaml
@@ -62,6 +63,18 @@ def test_demo_runs_the_whole_chain(tmp_path, tiny_sd_dir, tiny_latent_clip_dir):
     assert len(list((tmp_path / "runs").iterdir())) == 2
     with pytest.raises(SystemExit, match="other settings"):
         main([*argv[:-4], "--detector", "qr", *argv[-2:]])
+
+
+def test_fine_tunes_go_side_by_side_on_a_cpu_and_a_failed_one_stops_the_demo(
+    tmp_path, tiny_sd_dir, monkeypatch, capsys
+):
+    """Two fine-tunes on 2 cores: two processes of one thread each; a recipe error in one ends the demo in one line."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    argv = ["--out", str(tmp_path), "--base", str(tiny_sd_dir), "--num-images", "8", "--detector", "qr"]
+    with pytest.raises(SystemExit, match="a fine-tune failed"):
+        main([*argv, "--set", "train.no_such_field=1"])
+    assert "[demo] 2 fine-tunes side by side, 1 thread(s) each" in capsys.readouterr().out
+    assert not list((tmp_path / "runs").glob("*/erasure.json"))
 
 
 def test_record_replaces_the_concepts_table_keeps_the_others_and_names_dropped_rows(tmp_path, capsys):
