@@ -7,7 +7,7 @@ import pytest
 import yaml
 from datasets import load_from_disk
 
-from erasure.toy.demo import DEMO_TOKEN_LR, FULL_UNET_LR, METHODS, TOY_DETECTOR, _record, main
+from erasure.toy.demo import DEMO_REGION_ALPHA, DEMO_TOKEN_LR, FULL_UNET_LR, METHODS, TOY_DETECTOR, _record, main
 
 
 @pytest.mark.slow
@@ -49,7 +49,9 @@ def test_demo_runs_the_whole_chain(tmp_path, tiny_sd_dir, tiny_latent_clip_dir):
         assert cell["n"] == 4 and 0 <= cell["icr"] <= 1 and 0 <= cell["fidelity"] <= 1
     geom_run = tmp_path / "runs" / "toy_geom_erasing_watermark"
     assert "{prompt}, watermark <loc_" in (geom_run / "negative_prompt.txt").read_text()
-    assert yaml.safe_load((geom_run / "recipe.yaml").read_text())["train"]["token_learning_rate"] == DEMO_TOKEN_LR
+    geom_recipe = yaml.safe_load((geom_run / "recipe.yaml").read_text())
+    assert geom_recipe["train"]["token_learning_rate"] == DEMO_TOKEN_LR
+    assert geom_recipe["loss"]["region_alpha"] == DEMO_REGION_ALPHA
     assert (tmp_path / "demo.png").stat().st_size > 0
     record = tmp_path / "toy_icr.json"
     with pytest.raises(SystemExit):  # naive_latent_clip without a Latent-CLIP
