@@ -113,7 +113,7 @@ def _train_command(
     return [
         "--config",
         str(recipe),
-        f"name={_seeded(f'toy_{mode}_{args.concept}', seed, args.seeds)}",
+        f"name={_run_name(args, mode, seed)}",
         f"model.pretrained={base}",
         f"data.dataset={dataset}",
         f"data.concepts={json.dumps(_concepts(args))}",
@@ -153,7 +153,7 @@ def _fine_tune(
 
     import torch
 
-    runs = {job: args.out / "runs" / _seeded(f"toy_{job[0]}_{args.concept}", job[1], args.seeds) for job in jobs}
+    runs = {job: args.out / "runs" / _run_name(args, *job) for job in jobs}
     todo = [job for job in jobs if not (runs[job] / "erasure.json").is_file()]
     for job in sorted(set(jobs) - set(todo)):
         print(f"[demo] {runs[job].name}: already trained, reusing {runs[job]}")
@@ -177,7 +177,7 @@ def _fine_tune(
             )
             for i, command in enumerate(batch)
         ]
-        if any(process.wait() for process in processes):
+        if any([process.wait() for process in processes]):  # every one waited for, so none runs on after the demo
             raise SystemExit("[demo] a fine-tune failed (its error is above); a rerun reuses the runs that finished")
     return runs
 
@@ -204,6 +204,10 @@ def _pooled_seeds(results: dict[str, dict], seeds: list[int]) -> dict[str, dict]
             **{key: mean(r[key] for r in per_seed) for key in ("fidelity", "fid") if key in results[name]},
         }
     return pooled
+
+
+def _run_name(args: argparse.Namespace, mode: str, seed: int) -> str:
+    return _seeded(f"toy_{mode}_{args.concept}", seed, args.seeds)
 
 
 def _seeded(name: str, seed: int, seeds: list[int]) -> str:
