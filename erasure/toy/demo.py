@@ -454,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     # only the fine-tunes the rows sample from: a table of Geom-Erasing rows alone needs no naive run
     modes = [mode for mode in ("naive", "geom_erasing") if any(METHODS[m]["run"] == mode for m in args.methods)]
-    print(f"[demo] 2/3 fine-tuning: {', then '.join(modes) or 'none (the base model alone)'}")
+    print(f"[demo] 2/3 fine-tuning: {' and '.join(modes) or 'none (the base model alone)'}")
     runs = _fine_tune(args, [(mode, seed) for seed in args.seeds for mode in modes], base, dataset, resolution)
 
     print("[demo] 3/3 implicit concept ratio on held-out prompts and seeds")
