@@ -72,6 +72,7 @@ def test_fine_tunes_go_side_by_side_on_a_cpu_and_a_failed_one_stops_the_demo(
 ):
     """Two fine-tunes on 2 cores: two processes of one thread each; a recipe error in one ends the demo in one line."""
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # the side-by-side path is the CPU's
     argv = ["--out", str(tmp_path), "--base", str(tiny_sd_dir), "--num-images", "8", "--detector", "qr"]
     with pytest.raises(SystemExit, match="a fine-tune failed"):
         main([*argv, "--set", "train.no_such_field=1"])
