@@ -7,7 +7,16 @@ import pytest
 import yaml
 from datasets import load_from_disk
 
-from erasure.toy.demo import DEMO_REGION_ALPHA, DEMO_TOKEN_LR, FULL_UNET_LR, METHODS, TOY_DETECTOR, _record, main
+from erasure.toy.demo import (
+    DEMO_REGION_ALPHA,
+    DEMO_TOKEN_LR,
+    FULL_UNET_LR,
+    FULL_UNET_SCHEDULER,
+    METHODS,
+    TOY_DETECTOR,
+    _record,
+    main,
+)
 
 
 @pytest.mark.slow
@@ -41,6 +50,7 @@ def test_demo_runs_the_whole_chain(tmp_path, tiny_sd_dir, tiny_latent_clip_dir):
     naive_run = tmp_path / "runs" / "toy_naive_watermark"
     recipe = yaml.safe_load((naive_run / "recipe.yaml").read_text())
     assert recipe["lora"]["full_unet"] and recipe["train"]["learning_rate"] == FULL_UNET_LR
+    assert recipe["train"]["lr_scheduler"] == FULL_UNET_SCHEDULER
     assert (naive_run / "unet" / "diffusion_pytorch_model.safetensors").is_file()  # the whole UNet, not a LoRA
     summary = json.loads((tmp_path / "demo.json").read_text())
     assert summary["concepts"] == ["watermark"]
@@ -121,12 +131,12 @@ def test_demo_chain_runs_on_a_flow_matching_base(tmp_path):
     methods = ["naive", "geom_erasing_plain", "geom_erasing", "naive_sld_medium"]
     argv = ["--concept", "watermark", "--out", str(tmp_path / "demo"), "--base", str(base), "--num-images", "16"]
     argv += ["--train-steps", "2", "--eval-images", "2", "--steps", "2", "--detector", detector, "--methods", *methods]
-    assert main([*argv, "--no-full-unet", "--set", "lora.rank=3", "train.lr_scheduler=cosine"]) == 0
+    assert main([*argv, "--no-full-unet", "--lr-scheduler", "linear", "--set", "lora.rank=3"]) == 0
     runs = tmp_path / "demo" / "runs"
     for run in ("toy_naive_watermark", "toy_geom_erasing_watermark"):  # LoRAs on the transformer's attention
         assert any("add_q_proj" in key for key in load_file(runs / run / LORA_FILE))
         recipe = yaml.safe_load((runs / run / "recipe.yaml").read_text())
-        assert (recipe["lora"]["rank"], recipe["train"]["lr_scheduler"]) == (3, "cosine")  # --set reaches both
+        assert (recipe["lora"]["rank"], recipe["train"]["lr_scheduler"]) == (3, "linear")  # both reach both runs
     assert (runs / "toy_geom_erasing_watermark" / "learned_embeds_2.safetensors").is_file()  # both CLIP slots
     summary = json.loads((tmp_path / "demo" / "demo.json").read_text())
     assert list(summary["results"]["watermark"]) == methods
