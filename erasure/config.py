@@ -18,6 +18,11 @@ T = TypeVar("T", bound=BaseModel)
 
 # accelerate's mixed-precision modes. YAML reads a bare `no` (file or `key=no` override) as false: accept it.
 MixedPrecision = Annotated[Literal["no", "fp16", "bf16"], BeforeValidator(lambda v: "no" if v is False else v)]
+# diffusers.optimization.SchedulerType's names (get_scheduler), so a misspelt schedule fails when the recipe is read,
+# not after the model and data are loaded.
+LrScheduler = Literal[
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "piecewise_constant"
+]
 
 
 class StrictModel(BaseModel):

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from erasure.config import MixedPrecision, StrictModel, load_config
+from erasure.config import LrScheduler, MixedPrecision, StrictModel, load_config
 
 Mode = Literal["geom_erasing", "naive", "tokens_only"]
 
@@ -87,7 +87,7 @@ class TrainSection(StrictModel):
         description="share of training captions replaced by the empty caption (diffusers' proportion_empty_prompts), "
         "so the unconditional branch of classifier-free guidance learns the data too",
     )
-    lr_scheduler: str = Field("constant", description="any diffusers.optimization scheduler name")
+    lr_scheduler: LrScheduler = Field("constant", description="a diffusers.optimization scheduler name")
     lr_warmup_steps: int = Field(0, ge=0, description="scheduler warm-up steps")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
     mixed_precision: MixedPrecision | None = Field(

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from datasets_icd.geometry import DEFAULT_GRID, LOCATION_TOKEN, location_vocabulary
-from erasure.config import ConfigError, StrictModel, dump_config, load_config
+from erasure.config import ConfigError, LrScheduler, StrictModel, dump_config, load_config
 from erasure.latent_clip.model import LatentClip, LatentClipSpec
 
 RUN_RECORD = "latent_clip_run.json"
@@ -53,7 +53,7 @@ class TrainSection(StrictModel):
     batch_size: int = Field(64, ge=2, description="pairs per device per step (the contrastive negatives)")
     learning_rate: float = Field(5e-4, gt=0, description="AdamW learning rate")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay")
-    lr_scheduler: str = Field("cosine", description="any diffusers.optimization scheduler name")
+    lr_scheduler: LrScheduler = Field("cosine", description="a diffusers.optimization scheduler name")
     lr_warmup_steps: int = Field(100, ge=0, description="scheduler warm-up steps")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
     mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="accelerate mixed precision")

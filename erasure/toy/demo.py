@@ -32,6 +32,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import get_args
+
+from erasure.config import LrScheduler
 
 # The demo's inputs, relative to --project (a checkout of this repository: its assets/ and recipes/).
 TOY_BASE = Path("assets/toy-sd")
@@ -70,9 +73,9 @@ FIGURE_GRIDS = ("base", "naive", "geom_erasing_plain", "geom_erasing")
 FULL_UNET_LR = 5e-4
 FULL_UNET_SCHEDULER = "cosine"
 # The demo's Geom-Erasing settings, checked on every concept it offers and two training seeds (500-step full-UNet runs,
-# benchmarks/NOTES.md): location tokens at 2e-1 and no region reweighting tie each concept to its tokens within the
-# demo's steps. The recipes' 5e-3 and region weight 0.5 made the tables but need 1,500-2,500 steps; at 2e-2 and 0.5 the
-# watermark run still drew the logo for plain prompts, more often than the naive run did.
+# benchmarks/NOTES.md): location tokens at 2e-1 and no region reweighting tie each one-kind concept to its tokens
+# within the demo's steps. The recipes' 5e-3 and region weight 0.5 made the tables but need 1,500-2,500 steps; at 2e-2
+# and 0.5 the watermark run still drew the logo for plain prompts, more often than the naive run did.
 DEMO_TOKEN_LR = 2e-1
 DEMO_REGION_ALPHA = 1.0
 
@@ -327,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=500,
         help="optimizer steps per fine-tune: 500 fit the demo's 10 minutes on a 2-core CPU, and with the default "
-        "learning rates, schedule and --region-alpha tie every concept to its tokens",
+        "learning rates, schedule and --region-alpha tie each one-kind concept to its tokens",
     )
     parser.add_argument(
         "--full-unet",
@@ -343,9 +346,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--lr-scheduler",
-        help=f"the fine-tunes' learning-rate schedule, any diffusers.optimization name (default {FULL_UNET_SCHEDULER} "
-        "for the full UNet, which ends at the prompt fidelity a constant rate loses; the recipes' constant for "
-        "their LoRA; the tables of benchmarks/RESULTS.md: constant)",
+        choices=get_args(LrScheduler),
+        help=f"the fine-tunes' learning-rate schedule (default {FULL_UNET_SCHEDULER} for the full UNet: it ends with "
+        "both the concept and the prompt fidelity, where a constant rate's end point is a draw; the recipes' constant "
+        "for their LoRA; the tables of benchmarks/RESULTS.md were made at constant)",
     )
     parser.add_argument(
         "--token-learning-rate",

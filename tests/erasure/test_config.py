@@ -39,6 +39,7 @@ def test_mixed_precision_no_survives_yaml_reading_it_as_false(recipe_file, value
         (RECIPE.replace("max_steps", "max_stpes"), [], ["train.max_stpes", "max_steps", "recipe.yaml"]),
         (RECIPE, ["train.max_steps=abc"], ["train.max_steps", "'abc'", "integer"]),
         (RECIPE, ["train.mode=erase_everything"], ["train.mode", "geom_erasing"]),
+        (RECIPE, ["train.lr_scheduler=cosin"], ["train.lr_scheduler", "'cosine'"]),  # caught before any loading
         (RECIPE, ["lora.rankk=8"], ["lora.rankk", "rank"]),
         (RECIPE.replace("name: demo", ""), [], ["name", "Field required"]),
         ("- a list", [], ["mapping"]),
