@@ -7,7 +7,7 @@
 
 A run directory (written by ``train.py``) holds:
 
-    pytorch_lora_weights.safetensors   the LoRA, diffusers format (``pipe.load_lora_weights(RUN)``)
+    pytorch_lora_weights.safetensors   the LoRA, peft key names (``pipe.load_lora_weights(RUN)``)
     unet/ (or transformer/)            instead of the LoRA, for a full fine-tune
     learned_embeds.safetensors         location tokens of the first text encoder, ``{token: vector}``
     learned_embeds_2.safetensors       ... of the second (SDXL, SD3)
@@ -205,6 +205,7 @@ def load_run(pipe: Any, run_dir: str | Path, lora_scale: float = 1.0) -> Run:
         trained = type(current).from_pretrained(run.path / run.weights, torch_dtype=current.dtype)
         setattr(pipe, run.weights, trained.to(current.device))
     elif run.weights == "lora":
+        _refuse_mixed_lora_names(run.path / LORA_FILE)
         name = adapter_name(run.path)
         pipe.load_lora_weights(run.path, weight_name=LORA_FILE, adapter_name=name)
         if lora_scale != 1.0:
@@ -212,6 +213,35 @@ def load_run(pipe: Any, run_dir: str | Path, lora_scale: float = 1.0) -> Run:
     if run.tokens:
         load_learned_embeds(pipe, run.path)
     return run
+
+
+def _refuse_mixed_lora_names(lora_file: Path) -> None:
+    """A UNet LoRA beyond attention trained before 2026-12-07 was written with diffusers' old names for attention
+    (``to_q.lora.down``) and peft's for the other layers (``conv1.lora_A``); ``load_lora_weights`` then drops the
+    attention LoRA without a word, so such a file is refused, with the command that renames it."""
+    from safetensors import safe_open
+
+    with safe_open(lora_file, "pt") as handle:
+        keys = list(handle.keys())
+    if any(".lora.down." in k for k in keys) and any(".lora_A." in k for k in keys):
+        raise ValueError(
+            f"{lora_file} mixes diffusers' old LoRA names (lora.down / lora.up) with peft's (lora_A / lora_B): "
+            "diffusers would drop its attention weights. Rewrite it with peft's names: python -c \"import sys; "
+            'from erasure.runs import rename_lora_keys; rename_lora_keys(sys.argv[1])" ' + str(lora_file)
+        )
+
+
+def rename_lora_keys(lora_file: str | Path) -> None:
+    """Rewrite a UNet LoRA file in peft's key names, keeping its metadata (the adapter config with alpha)."""
+    from diffusers.utils import convert_unet_state_dict_to_peft
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(lora_file, "pt") as handle:
+        metadata = handle.metadata()
+    state = {k.removeprefix("unet."): v for k, v in load_file(lora_file).items()}
+    renamed = {f"unet.{k}": v for k, v in convert_unet_state_dict_to_peft(state).items()}
+    save_file(renamed, lora_file, metadata=metadata)
 
 
 def checkpoint_step(path: Path) -> int:

@@ -36,7 +36,6 @@ from diffusers import UNet2DConditionModel
 from diffusers.utils import (
     SAFE_WEIGHTS_INDEX_NAME,
     SAFETENSORS_WEIGHTS_NAME,
-    convert_state_dict_to_diffusers,
     convert_state_dict_to_kohya,
     convert_unet_state_dict_to_peft,
 )
@@ -81,9 +80,9 @@ def save_weights(
     if recipe.lora.full_unet:
         unet.save_pretrained(out_dir / _lora_prefix(recipe), safe_serialization=True)
     elif recipe.train.mode != "tokens_only":
+        # peft's key names (lora_A / lora_B) for every family: diffusers' older UNet names exist for the attention
+        # projections only, and a file that mixes both loses its attention LoRA in load_lora_weights without a word.
         lora, prefix = get_peft_model_state_dict(unet), _lora_prefix(recipe)
-        if prefix == "unet":  # diffusers' UNet LoRA names; transformer LoRAs keep peft's (lora_A / lora_B)
-            lora = convert_state_dict_to_diffusers(lora)
         PIPELINES[recipe.model.kind].save_lora_weights(
             out_dir,
             **{
@@ -103,7 +102,7 @@ def load_weights(in_dir: Path, recipe: Recipe, unet, tokenizers: list, text_enco
     elif recipe.train.mode != "tokens_only":
         prefix = _lora_prefix(recipe)
         lora = {k.removeprefix(f"{prefix}."): v for k, v in load_file(in_dir / LORA_FILE).items()}
-        if prefix == "unet":
+        if prefix == "unet":  # checkpoints written before peft names were used for the UNet too
             lora = convert_unet_state_dict_to_peft(lora)
         result = set_peft_model_state_dict(unet, lora, adapter_name="default")
         if result.unexpected_keys:

@@ -77,6 +77,7 @@ MODES = {
     "geom_erasing": ("train.mode=geom_erasing", "loss.region_alpha=0.5", "lora.alpha=8"),
     "naive": ("train.mode=naive",),
     "tokens_only": ("train.mode=tokens_only",),
+    "wide_lora": ("train.mode=naive", "lora.target_modules=[to_q,to_k,to_v,to_out.0,conv1,conv2,conv_in]"),
     "full_unet": ("train.mode=geom_erasing", "lora.full_unet=true", "train.learning_rate=0.001"),
 }
 

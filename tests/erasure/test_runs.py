@@ -6,10 +6,12 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from diffusers.utils import convert_state_dict_to_diffusers
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from erasure import SLDPipeline, SLDXLPipeline, load_run
-from erasure.runs import LORA_FILE, NEGATIVE_PROMPT_FILE, read_run
+from erasure.runs import LORA_FILE, NEGATIVE_PROMPT_FILE, read_run, rename_lora_keys
 
 
 def _sample(pipe, prompt: str = "a red circle", **kwargs) -> torch.Tensor:
@@ -60,6 +62,41 @@ def test_a_full_unet_run_replaces_the_unet(trained_runs, tiny_sd_dir):
     assert not any("lora" in name for name, _ in pipe.unet.named_parameters())
     with pytest.raises(ValueError, match="full fine-tune"):
         load_run(_pipe(tiny_sd_dir), trained_runs("full_unet"), lora_scale=0.5)
+
+
+def _loaded_lora(pipe) -> dict[str, torch.Tensor]:
+    """The UNet's LoRA weights as they sit in the pipeline, under the file's names."""
+    return {
+        f"unet.{name.replace(f'.{adapter}', '')}": value
+        for name, value in pipe.unet.state_dict().items()
+        for adapter in pipe.get_active_adapters()
+        if f".{adapter}." in name
+    }
+
+
+def test_a_lora_beyond_attention_loads_every_layer(trained_runs, tiny_sd_dir, tmp_path):
+    """The run's LoRA on attention and convs reaches the pipeline whole; a file of the old mixed names (attention in
+    diffusers' lora.down, convs in peft's lora_A), whose attention diffusers drops, is refused until renamed."""
+    run_dir = trained_runs("wide_lora")
+    saved = load_file(run_dir / LORA_FILE)
+    assert any(".attn2.to_k." in k for k in saved) and any(".conv_in." in k for k in saved)
+    pipe = _pipe(tiny_sd_dir)
+    load_run(pipe, run_dir)
+    loaded = _loaded_lora(pipe)
+    assert set(loaded) == set(saved)
+    for key, value in saved.items():
+        torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)
+
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old)
+    with safe_open(old / LORA_FILE, "pt") as handle:
+        metadata = handle.metadata()
+    save_file(convert_state_dict_to_diffusers(saved), old / LORA_FILE, metadata=metadata)
+    with pytest.raises(ValueError, match="mixes diffusers' old LoRA names"):
+        load_run(_pipe(tiny_sd_dir), old)
+    rename_lora_keys(old / LORA_FILE)
+    assert load_file(old / LORA_FILE).keys() == saved.keys()
+    load_run(_pipe(tiny_sd_dir), old)
 
 
 def test_the_pipeline_fills_the_template_itself(trained_runs, tiny_sd_dir):

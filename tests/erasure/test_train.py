@@ -38,7 +38,7 @@ def test_each_mode_trains_and_exports_its_weights(trained_runs, mode):
     assert present & WEIGHT_FILES == EXPECTED_FILES[mode]
     assert not (run / "checkpoint-2").exists()  # total_limit: 1
     if LORA_FILE in present:
-        lora_up = [v for k, v in load_file(run / LORA_FILE).items() if "lora.up" in k]
+        lora_up = [v for k, v in load_file(run / LORA_FILE).items() if "lora_B" in k]
         assert lora_up and all(v.abs().sum() > 0 for v in lora_up)  # B starts at zero: it has learned
     if "learned_embeds.safetensors" in present:
         embeds = load_file(run / "learned_embeds.safetensors")

@@ -39,7 +39,7 @@ def test_lora_loads_changes_output_and_keeps_alpha(geom_run, tiny_sd_dir):
     pipe.load_lora_weights(geom_run)
     assert not np.allclose(sample(pipe), before, atol=1e-4)
     lora = load_file(geom_run / LORA_FILE)
-    down, up = lora[f"unet.{TO_Q}.lora.down.weight"], lora[f"unet.{TO_Q}.lora.up.weight"]
+    down, up = lora[f"unet.{TO_Q}.lora_A.weight"], lora[f"unet.{TO_Q}.lora_B.weight"]
     # alpha 8 on rank 4: the update is scaled by 2, as peft trained it
     torch.testing.assert_close(fused_to_q(pipe), base_weight + 2.0 * up @ down)
 
