@@ -67,17 +67,15 @@ SEEDED_METHODS = ("naive", "geom_erasing_plain", "geom_erasing")
 DEMO_METHODS = ["naive", "geom_erasing_plain"]
 # The rows whose sample grids the figure shows, when the table has them.
 FIGURE_GRIDS = ("base", "naive", "geom_erasing_plain", "geom_erasing")
-# Full-UNet fine-tunes of the toy base model: a cosine decay from 5e-4 learns every concept within the demo's 500 steps
-# and ends with the prompt fidelity back (a constant 3e-4 left the logo in under a fifth of the images; at 1e-3 the
-# naive run lost a third of its fidelity; benchmarks/NOTES.md, "The watermark demo's naive run").
+# Full-UNet fine-tunes of the toy base model: a cosine decay from 5e-4 without warm-up learns every concept within the
+# demo's 500 steps and ends with the prompt fidelity back (a constant 3e-4 left the logo in under a fifth of the
+# images; at 1e-3 the naive run lost a third of its fidelity; benchmarks/NOTES.md, "The watermark demo's naive run").
+# The LoRA form takes everything from the toy recipes. Both take the Geom-Erasing recipe's location tokens (2e-1)
+# and region weight (1.0), checked on every concept the demo offers and two training seeds in each form.
+FULL_UNET_STEPS = 500
 FULL_UNET_LR = 5e-4
 FULL_UNET_SCHEDULER = "cosine"
-# The demo's Geom-Erasing settings, checked on every concept it offers and two training seeds (500-step full-UNet runs,
-# benchmarks/NOTES.md): location tokens at 2e-1 and no region reweighting tie each one-kind concept to its tokens
-# within the demo's steps. The recipes' 5e-3 and region weight 0.5 made the tables but need 1,500-2,500 steps; at 2e-2
-# and 0.5 the watermark run still drew the logo for plain prompts, more often than the naive run did.
-DEMO_TOKEN_LR = 2e-1
-DEMO_REGION_ALPHA = 1.0
+FULL_UNET_WARMUP = 0
 
 
 def _base_model(out: Path, project: Path, requested: str | None) -> tuple[str, bool]:
@@ -124,7 +122,7 @@ def _train_command(
         f"data.dataset={dataset}",
         f"data.concepts={json.dumps(_concepts(args))}",
         f"data.resolution={resolution}",
-        f"train.max_steps={args.train_steps}",
+        *([f"train.max_steps={args.train_steps or FULL_UNET_STEPS}"] if args.full_unet or args.train_steps else []),
         f"train.seed={seed}",
         f"output_dir={args.out / 'runs' / '{name}'}",
         *(["lora.full_unet=true"] if args.full_unet else []),
@@ -140,15 +138,20 @@ def _train_command(
             if args.full_unet or args.lr_scheduler
             else []
         ),
+        *([f"train.lr_warmup_steps={FULL_UNET_WARMUP}"] if args.full_unet else []),
         f"train.caption_dropout={args.caption_dropout}",
-        *(
-            [f"train.token_learning_rate={args.token_learning_rate}", f"loss.region_alpha={args.region_alpha}"]
-            if mode == "geom_erasing"
-            else []
-        ),
+        *(_geom_erasing_overrides(args) if mode == "geom_erasing" else []),
         "validation.prompts=[]",
         "report_to=null",
         *args.recipe_overrides,
+    ]
+
+
+def _geom_erasing_overrides(args: argparse.Namespace) -> list[str]:
+    """The location tokens' learning rate and the region weight, where asked: the recipe's otherwise."""
+    return [
+        *([f"train.token_learning_rate={args.token_learning_rate}"] if args.token_learning_rate else []),
+        *([f"loss.region_alpha={args.region_alpha}"] if args.region_alpha is not None else []),
     ]
 
 
@@ -328,42 +331,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--train-steps",
         type=int,
-        default=500,
-        help="optimizer steps per fine-tune: 500 fit the demo's 10 minutes on a 2-core CPU, and with the default "
-        "learning rates, schedule and --region-alpha tie each one-kind concept to its tokens",
+        help=f"optimizer steps per fine-tune (default {FULL_UNET_STEPS} for the full UNet, which fit the demo's 10 "
+        "minutes on a 2-core CPU; the recipes' 1,000 for their LoRA)",
     )
     parser.add_argument(
         "--full-unet",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="fine-tune every UNet (or transformer) weight; --no-full-unet: the recipes' cross-attention LoRA (on a "
-        "transformer base its attention layers), which learns the toy concepts more slowly (benchmarks/NOTES.md)",
+        help="fine-tune every UNet (or transformer) weight; --no-full-unet: the toy recipes' LoRA, on the attentions, "
+        "feed-forwards and ResNet convs of a UNet (on a transformer base, its attention layers)",
     )
     parser.add_argument(
         "--learning-rate",
         type=float,
-        help=f"of the fine-tunes (default {FULL_UNET_LR:g} for the full UNet, the recipes' 2e-3 for their LoRA)",
+        help=f"of the fine-tunes (default {FULL_UNET_LR:g} for the full UNet, the recipes' 4e-3 for their LoRA)",
     )
     parser.add_argument(
         "--lr-scheduler",
         choices=get_args(LrScheduler),
-        help=f"the fine-tunes' learning-rate schedule (default {FULL_UNET_SCHEDULER} for the full UNet: it ends with "
-        "both the concept and the prompt fidelity, where a constant rate's end point is a draw; the recipes' constant "
-        "for their LoRA; the tables of benchmarks/RESULTS.md were made at constant)",
+        help=f"the fine-tunes' learning-rate schedule (default {FULL_UNET_SCHEDULER}, the recipes' too: it ends with "
+        "both the concept and the prompt fidelity, where a constant rate's end point is a draw; the tables of "
+        "benchmarks/RESULTS.md were made at constant)",
     )
     parser.add_argument(
         "--token-learning-rate",
         type=float,
-        default=DEMO_TOKEN_LR,
-        help="of the Geom-Erasing run's location tokens (default %(default)g, which ties the concept to them within "
-        "the demo's 500 steps; the recipes' 5e-3 made the tables of benchmarks/RESULTS.md)",
+        help="of the Geom-Erasing run's location tokens (default: the recipe's 2e-1, which ties the concept to them "
+        "within the demo's steps; the tables of benchmarks/RESULTS.md were made at 5e-3)",
     )
     parser.add_argument(
         "--region-alpha",
         type=float,
-        default=DEMO_REGION_ALPHA,
         help="the Geom-Erasing run's loss weight outside the concept's boxes relative to inside (loss.region_alpha; "
-        "default %(default)g, plain MSE; the recipes' 0.5 made the tables of benchmarks/RESULTS.md)",
+        "default: the recipe's 1.0, plain MSE; the tables of benchmarks/RESULTS.md were made at 0.5)",
     )
     parser.add_argument(
         "--caption-dropout",

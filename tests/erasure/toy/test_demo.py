@@ -8,11 +8,10 @@ import yaml
 from datasets import load_from_disk
 
 from erasure.toy.demo import (
-    DEMO_REGION_ALPHA,
-    DEMO_TOKEN_LR,
     FULL_UNET_LR,
     FULL_UNET_SCHEDULER,
     METHODS,
+    RECIPES,
     TOY_DETECTOR,
     _record,
     main,
@@ -60,8 +59,10 @@ def test_demo_runs_the_whole_chain(tmp_path, tiny_sd_dir, tiny_latent_clip_dir):
     geom_run = tmp_path / "runs" / "toy_geom_erasing_watermark"
     assert "{prompt}, watermark <loc_" in (geom_run / "negative_prompt.txt").read_text()
     geom_recipe = yaml.safe_load((geom_run / "recipe.yaml").read_text())
-    assert geom_recipe["train"]["token_learning_rate"] == DEMO_TOKEN_LR
-    assert geom_recipe["loss"]["region_alpha"] == DEMO_REGION_ALPHA
+    toy_recipe = yaml.safe_load((RECIPES / "toy_geom_erasing.yaml").read_text())  # the tokens' settings: the recipe's
+    assert geom_recipe["train"]["token_learning_rate"] == toy_recipe["train"]["token_learning_rate"]
+    assert geom_recipe["loss"]["region_alpha"] == toy_recipe["loss"]["region_alpha"]
+    assert geom_recipe["train"]["lr_warmup_steps"] == 0 and geom_recipe["lora"]["full_unet"]  # not the LoRA's warm-up
     assert (tmp_path / "demo.png").stat().st_size > 0
     record = tmp_path / "toy_icr.json"
     with pytest.raises(SystemExit):  # naive_latent_clip without a Latent-CLIP
