@@ -403,19 +403,7 @@ def sd15_shaped_components(seed: int = 0, dtype: torch.dtype = torch.float32) ->
         layers_per_block=2,
     ).to(dtype)
     tokenizer = tiny_tokenizer()
-    config = CLIPTextConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        hidden_size=768,
-        intermediate_size=3072,
-        num_attention_heads=12,
-        num_hidden_layers=12,
-        vocab_size=len(tokenizer),
-        projection_dim=768,
-        hidden_act="quick_gelu",
-    )
-    text_encoder = CLIPTextModel(config).to(dtype)
+    text_encoder = _real_depth_clip(tokenizer, width=768, layers=12, heads=12, projection=False, dtype=dtype)
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -434,6 +422,67 @@ def sd15_shaped_components(seed: int = 0, dtype: torch.dtype = torch.float32) ->
         "feature_extractor": None,
         "image_encoder": None,
     }
+
+
+def sdxl_shaped_components(seed: int = 0, dtype: torch.dtype = torch.float32) -> dict:
+    """Random-init components with SDXL 1.0's configs: the 2.6B UNet, the VAE, CLIP ViT-L and OpenCLIP bigG text
+    encoders at their widths and depths (a Geom-Erasing step runs both, for the learned token rows' gradients).
+
+    For speed and memory benchmarks only, like :func:`sd15_shaped_components`.
+    """
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=128,
+        block_out_channels=(320, 640, 1280),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=2,
+        transformer_layers_per_block=(1, 2, 10),
+        attention_head_dim=(5, 10, 20),
+        use_linear_projection=True,
+        cross_attention_dim=2048,  # 768 + 1280: the two encoders' hidden states side by side
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,  # 6 time ids x 256 + the pooled 1280
+    ).to(dtype)
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        sample_size=1024,
+        layers_per_block=2,
+        scaling_factor=0.13025,
+    ).to(dtype)
+    tokenizer = tiny_tokenizer()
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": _real_depth_clip(tokenizer, width=768, layers=12, heads=12, projection=False, dtype=dtype),
+        "text_encoder_2": _real_depth_clip(tokenizer, width=1280, layers=32, heads=20, projection=True, dtype=dtype),
+        "tokenizer": tokenizer,
+        "tokenizer_2": tiny_tokenizer(),
+        "scheduler": DDIMScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            clip_sample=False,
+            set_alpha_to_one=False,
+            steps_offset=1,
+        ),
+        "image_encoder": None,
+        "feature_extractor": None,
+    }
+
+
+def _real_depth_clip(
+    tokenizer: CLIPTokenizer, width: int, layers: int, heads: int, projection: bool, dtype: torch.dtype
+) -> CLIPTextModel:
+    """A CLIP text encoder at a real one's width, depth and heads (the vocabulary is the tiny tokenizer's)."""
+    config = _text_config(tokenizer, hidden_size=width, projection_dim=width)
+    config.num_hidden_layers, config.intermediate_size, config.num_attention_heads = layers, 4 * width, heads
+    config.hidden_act = "quick_gelu"
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).to(dtype)
 
 
 def _shallow_clip(tokenizer: CLIPTokenizer, width: int, projection: bool, dtype: torch.dtype) -> CLIPTextModel:
