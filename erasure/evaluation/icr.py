@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -65,6 +66,11 @@ class IcrConfig(StrictModel):
     )
     cells: list[IcrCell] = Field(description="the methods to compare")
     out_dir: str = Field("outputs/icr", description="where images, detections and results go")
+    images_from: str | None = Field(
+        None,
+        description="out_dir of the same cells evaluated for another concept: a cell whose images do not depend on "
+        "the concept (no SLD or Latent-CLIP guidance away from it) starts from its images, detected again",
+    )
     num_images: int = Field(200, ge=1, description="images per cell, one per held-out prompt and seed pair")
     prompts: list[str] = Field(default_factory=list, description="prompts; empty: held-out toy-world captions")
     allow_toy_prompts: bool = Field(
@@ -227,13 +233,17 @@ def _image_settings(settings: dict) -> dict:
     return settings
 
 
+def _cell_settings(cell: IcrCell, config: IcrConfig) -> dict:
+    return cell.model_dump() | {"sampling": config.model_dump(include=set(SAMPLING_FIELDS))}
+
+
 def _check_cell_settings(cell_dir: Path, cell: IcrCell, config: IcrConfig) -> None:
     """Stored images belong to the cell and sampling that made them: other settings under the same name are refused.
 
     Without the sampling fields, a table rerun at another guidance scale into the same out_dir would count the old
     images as new ones."""
     path = cell_dir / "cell.json"
-    settings = cell.model_dump() | {"sampling": config.model_dump(include=set(SAMPLING_FIELDS))}
+    settings = _cell_settings(cell, config)
     if path.is_file():
         stored, wanted = _image_settings(json.loads(path.read_text())), _image_settings(settings)
         changed = sorted(k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k))
@@ -243,6 +253,30 @@ def _check_cell_settings(cell_dir: Path, cell: IcrCell, config: IcrConfig) -> No
                 "give this cell another name or out_dir, or delete the folder"
             )
     path.write_text(json.dumps(settings, indent=2))
+
+
+def _guided_by_concept(cell: IcrCell) -> bool:
+    """Whether the evaluated concept reaches the cell's sampling: SLD or Latent-CLIP guidance with no concept of its
+    own steers away from it. Other cells name everything that shapes their images in their settings."""
+    return (cell.sld is not None or cell.latent_clip is not None) and cell.safety_concept is None
+
+
+def _reuse_images(config: IcrConfig, cell: IcrCell, cell_dir: Path) -> None:
+    """Start an empty cell from the images the same cell made for another concept (``config.images_from``): they are
+    the same images, so they are copied and left to :func:`_redetect` to look for this concept in."""
+    if config.images_from is None or _records_path(cell_dir).exists() or _guided_by_concept(cell):
+        return
+    source = Path(config.images_from) / cell.name
+    if not (source / "cell.json").is_file():
+        return
+    stored = _image_settings(json.loads((source / "cell.json").read_text()))
+    if stored != _image_settings(_cell_settings(cell, config)):
+        return
+    image = "images/{:05d}.png".format
+    records = {i: r | {"detector": None} for i, r in _load_records(source).items() if (source / image(i)).is_file()}
+    for i in records:
+        shutil.copy2(source / image(i), cell_dir / image(i))
+    _write_records(cell_dir, records)
 
 
 def evaluate_cell(
@@ -261,6 +295,7 @@ def evaluate_cell(
     cell_dir = Path(config.out_dir) / cell.name
     (cell_dir / "images").mkdir(parents=True, exist_ok=True)
     _check_cell_settings(cell_dir, cell, config)
+    _reuse_images(config, cell, cell_dir)
     records = _load_records(cell_dir)
     identity = identity or detector_identity(config.detector)
     _redetect(config, cell_dir, records, detector, identity)

@@ -481,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     results, figures = {}, {}
     # one concept: icr/ and demo.png; the three-concept world: icr/CONCEPT/ and demo_CONCEPT.png
     single = args.concept != ALL
+    first_dir = args.out / "icr" if single else args.out / "icr" / _concepts(args)[0]
     for concept in _concepts(args):
         icr_dir = args.out / "icr" if single else args.out / "icr" / concept
         cells = [_cell(name, concept, runs, args.seeds[0], args) for name in args.methods]
@@ -497,6 +498,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"model={base}",
                 f"cells={json.dumps(cells)}",
                 f"out_dir={icr_dir}",
+                # the three-concept world: the cells that do not steer away from the concept are sampled once
+                *([] if icr_dir == first_dir else [f"images_from={first_dir}"]),
                 f"num_images={args.eval_images}",
                 f"num_inference_steps={args.steps}",
                 f"batch_size={args.batch_size}",

@@ -123,6 +123,47 @@ def test_an_extra_cell_adds_a_row_to_the_stored_table(tmp_path, tiny_sd_dir, mon
     assert list(json.loads((tmp_path / "icr.json").read_text())["results"]) == ["extra"]
 
 
+class WatermarkAndText(FlakyDetector):
+    """The watermark on every even image, as FlakyDetector; text on every image."""
+
+    concepts = ("watermark", "text")
+
+    def detect(self, images):
+        found = super().detect(images)
+        return [hits + [Detection("text", 0.8, (4, 4, 8, 8))] for hits in found]
+
+
+def test_cells_that_do_not_name_the_concept_reuse_another_concepts_images(tmp_path, tiny_sd_dir, monkeypatch):
+    import erasure.loading
+
+    loaded = []
+    real_load = erasure.loading.load_pipeline
+    monkeypatch.setattr("erasure.loading.load_pipeline", lambda *a, **k: loaded.append(1) or real_load(*a, **k))
+    monkeypatch.setattr("detectors.load", lambda spec: WatermarkAndText())
+    cells = json.dumps(
+        [{"name": "plain"}, {"name": "negative", "negative_prompt": "watermark"}, {"name": "sld", "sld": "medium"}]
+    )
+    first = evaluate(_config(tmp_path / "watermark", tiny_sd_dir, cells=cells, num_images=2))
+    assert first["plain"]["icr"] == 0.5 and len(loaded) == 3
+
+    source = str(tmp_path / "watermark")
+    other = json.dumps(
+        [{"name": "plain"}, {"name": "negative", "negative_prompt": "text"}, {"name": "sld", "sld": "medium"}]
+    )
+    loaded.clear()
+    text = evaluate(
+        _config(tmp_path / "text", tiny_sd_dir, cells=other, num_images=2, concept="text", images_from=source)
+    )
+    assert len(loaded) == 2  # "plain" is copied; "negative" names another word, "sld" steers away from text
+    assert all(r["icr"] == 1.0 for r in text.values())  # the copied images were detected again, for text
+    for name in ("00000.png", "00001.png"):
+        assert (tmp_path / "text/plain/images" / name).read_bytes() == (
+            tmp_path / "watermark/plain/images" / name
+        ).read_bytes()
+    records = [json.loads(line) for line in (tmp_path / "text/plain/detections.jsonl").read_text().splitlines()]
+    assert {d["name"] for r in records for d in r["detections"]} == {"text"}
+
+
 def test_heldout_prompts_are_toy_captions_cycled_to_the_image_count(tmp_path, tiny_sd_dir):
     prompts = heldout_prompts(_config(tmp_path, tiny_sd_dir))
     assert len(prompts) == 4 and all(" background" in p for p in prompts)

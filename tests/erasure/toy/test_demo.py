@@ -147,7 +147,7 @@ def test_demo_chain_runs_on_a_flow_matching_base(tmp_path):
 @pytest.mark.slow
 def test_the_three_concept_world_trains_lora_runs_over_all_concepts_and_measures_each(tmp_path, tiny_sd_dir):
     """icd build of the three concepts at once -> one naive and one Geom-Erasing LoRA run per training seed -> an ICR
-    per concept, the runs' own rows on both seeds."""
+    per concept, the runs' own rows on both seeds, each image of a cell that does not name the concept made once."""
     from erasure.runs import LORA_FILE
 
     detector = f"yolo:{TOY_DETECTOR}" if TOY_DETECTOR.exists() else "qr"
@@ -171,6 +171,8 @@ def test_the_three_concept_world_trains_lora_runs_over_all_concepts_and_measures
     for concept in table:
         cell = json.loads((tmp_path / "icr" / concept / "naive_negative_prompt" / "cell.json").read_text())
         assert cell["negative_prompt"] == concept  # each concept's ICR names its own word
+        naive = tmp_path / "icr" / concept / "naive" / "images" / "00000.png"
+        assert naive.read_bytes() == (tmp_path / "icr" / "watermark" / "naive" / "images" / "00000.png").read_bytes()
         assert (tmp_path / f"demo_{concept}.png").is_file()
         for method, row in table[concept].items():  # the runs' rows on both seeds, baselines on the first
             if method == "naive_negative_prompt":
