@@ -394,30 +394,15 @@ def sd15_shaped_components(seed: int = 0, dtype: torch.dtype = torch.float32) ->
         block_out_channels=(320, 640, 1280, 1280),
         layers_per_block=2,
     ).to(dtype)
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        sample_size=512,
-        layers_per_block=2,
-    ).to(dtype)
+    vae = _sd_vae(sample_size=512, scaling_factor=0.18215, dtype=dtype)
     tokenizer = tiny_tokenizer()
     text_encoder = _real_depth_clip(tokenizer, width=768, layers=12, heads=12, projection=False, dtype=dtype)
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
     return {
         "unet": unet,
         "vae": vae,
         "text_encoder": text_encoder,
         "tokenizer": tokenizer,
-        "scheduler": scheduler,
+        "scheduler": _sd_scheduler(),
         "safety_checker": None,
         "feature_extractor": None,
         "image_encoder": None,
@@ -445,15 +430,7 @@ def sdxl_shaped_components(seed: int = 0, dtype: torch.dtype = torch.float32) ->
         addition_time_embed_dim=256,
         projection_class_embeddings_input_dim=2816,  # 6 time ids x 256 + the pooled 1280
     ).to(dtype)
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        sample_size=1024,
-        layers_per_block=2,
-        scaling_factor=0.13025,
-    ).to(dtype)
+    vae = _sd_vae(sample_size=1024, scaling_factor=0.13025, dtype=dtype)
     tokenizer = tiny_tokenizer()
     return {
         "unet": unet,
@@ -462,17 +439,35 @@ def sdxl_shaped_components(seed: int = 0, dtype: torch.dtype = torch.float32) ->
         "text_encoder_2": _real_depth_clip(tokenizer, width=1280, layers=32, heads=20, projection=True, dtype=dtype),
         "tokenizer": tokenizer,
         "tokenizer_2": tiny_tokenizer(),
-        "scheduler": DDIMScheduler(
-            beta_start=0.00085,
-            beta_end=0.012,
-            beta_schedule="scaled_linear",
-            clip_sample=False,
-            set_alpha_to_one=False,
-            steps_offset=1,
-        ),
+        "scheduler": _sd_scheduler(),
         "image_encoder": None,
         "feature_extractor": None,
     }
+
+
+def _sd_vae(sample_size: int, scaling_factor: float, dtype: torch.dtype) -> AutoencoderKL:
+    """The Stable Diffusion VAE's architecture (SD 1.x and SDXL share it; only the latent scaling differs)."""
+    return AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        sample_size=sample_size,
+        layers_per_block=2,
+        scaling_factor=scaling_factor,
+    ).to(dtype)
+
+
+def _sd_scheduler() -> DDIMScheduler:
+    """DDIM with the beta schedule SD 1.x and SDXL were trained on."""
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
 
 
 def _real_depth_clip(
