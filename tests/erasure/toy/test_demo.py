@@ -10,10 +10,13 @@ from datasets import load_from_disk
 from erasure.toy.demo import (
     FULL_UNET_LR,
     FULL_UNET_SCHEDULER,
+    FULL_UNET_STEPS,
+    FULL_UNET_STEPS_ALL,
     METHODS,
     RECIPES,
     TOY_DETECTOR,
     _record,
+    _train_command,
     main,
 )
 
@@ -89,6 +92,24 @@ def test_fine_tunes_go_side_by_side_on_a_cpu_and_a_failed_one_stops_the_demo(
         main([*argv, "--set", "train.no_such_field=1"])
     assert "[demo] 2 fine-tunes side by side, 1 thread(s) each" in capsys.readouterr().out
     assert not list((tmp_path / "runs").glob("*/erasure.json"))
+
+
+def test_the_three_concept_world_fine_tunes_longer_unless_told(tmp_path):
+    from argparse import Namespace
+    from pathlib import Path
+
+    args = dict(project=Path("."), out=tmp_path, seeds=[0], full_unet=True, learning_rate=None, lr_scheduler=None)
+    args |= dict(caption_dropout=0.0, token_learning_rate=None, region_alpha=None, recipe_overrides=[])
+
+    def steps(concept: str, train_steps: int | None = None) -> str:
+        command = _train_command(
+            Namespace(concept=concept, train_steps=train_steps, **args), "naive", 0, "m", tmp_path, 64
+        )
+        return next(arg for arg in command if arg.startswith("train.max_steps="))
+
+    assert steps("text") == f"train.max_steps={FULL_UNET_STEPS}"
+    assert steps("all") == f"train.max_steps={FULL_UNET_STEPS_ALL}" and FULL_UNET_STEPS_ALL != FULL_UNET_STEPS
+    assert steps("all", 7) == "train.max_steps=7"
 
 
 def test_record_replaces_the_concepts_table_keeps_the_others_and_names_dropped_rows(tmp_path, capsys):
