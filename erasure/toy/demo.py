@@ -162,7 +162,7 @@ def _full_unet_steps(args: argparse.Namespace) -> int:
 def _geom_erasing_overrides(args: argparse.Namespace) -> list[str]:
     """The location tokens' learning rate and the region weight, where asked: the recipe's otherwise."""
     return [
-        *([f"train.token_learning_rate={args.token_learning_rate}"] if args.token_learning_rate else []),
+        *([f"train.token_learning_rate={args.token_learning_rate}"] if args.token_learning_rate is not None else []),
         *([f"loss.region_alpha={args.region_alpha}"] if args.region_alpha is not None else []),
     ]
 

@@ -112,6 +112,21 @@ def test_the_three_concept_world_fine_tunes_longer_unless_told(tmp_path):
     assert steps("all", 7) == "train.max_steps=7"
 
 
+def test_a_token_rate_of_zero_reaches_the_recipe_check_instead_of_falling_back_to_the_default(tmp_path):
+    from argparse import Namespace
+    from pathlib import Path
+
+    args = dict(project=Path("."), out=tmp_path, seeds=[0], full_unet=True, learning_rate=None, lr_scheduler=None)
+    args |= dict(concept="text", train_steps=None, caption_dropout=0.0, region_alpha=None, recipe_overrides=[])
+
+    def token_rates(rate: float | None) -> list[str]:
+        command = _train_command(Namespace(token_learning_rate=rate, **args), "geom_erasing", 0, "m", tmp_path, 64)
+        return [arg for arg in command if arg.startswith("train.token_learning_rate=")]
+
+    assert token_rates(0.0) == ["train.token_learning_rate=0.0"]
+    assert token_rates(None) == []
+
+
 def test_record_replaces_the_concepts_table_keeps_the_others_and_names_dropped_rows(tmp_path, capsys):
     record = tmp_path / "toy_icr.json"
     row = {"icr": 0.5, "ci95": [0.4, 0.6], "fidelity": 0.9, "fid": 3.0, "n": 200}
