@@ -172,9 +172,7 @@ def dropped_captions(dataset: Dataset, recipe: Recipe, concepts: list[list[dict]
 
     Naive captions never name the concept, so theirs become empty; Geom-Erasing ones keep their existence phrase
     and location tokens ("watermark <loc_3_3>"), so no dropped caption shows the concept without its tokens.
-    On the toy world this did not save the disentanglement: a 750-step Geom-Erasing run with 10% dropout drew the
-    watermark for plain prompts in 50.0% of images (40.6% with empty dropped captions, 4.2% without dropout;
-    benchmarks/RESULTS.md), so dropout stays off by default.
+    Whether dropout helps depends on the model and the run's length (benchmarks/NOTES.md), so it stays off by default.
     """
     if recipe.train.mode == "naive":
         return [""] * len(dataset)
@@ -316,8 +314,7 @@ def drop_captions(
     """Replace each caption of the batch, with probability ``rate``, by its dropped form (:func:`dropped_captions`)
     in every tokenizer.
 
-    Without it, a fine-tune never trains the empty prompt that classifier-free guidance subtracts; with 10% the
-    naive toy watermark run showed its watermark in 34.4% of guided images instead of 18.8% (750 steps).
+    Without it, a fine-tune never trains the empty prompt that classifier-free guidance subtracts.
     """
     drop = torch.rand(len(input_ids[0]), generator=generator, device=generator.device) < rate
     drop = drop.to(input_ids[0].device)[:, None]
