@@ -94,18 +94,21 @@ def test_fine_tunes_go_side_by_side_on_a_cpu_and_a_failed_one_stops_the_demo(
     assert not list((tmp_path / "runs").glob("*/erasure.json"))
 
 
-def test_the_three_concept_world_fine_tunes_longer_unless_told(tmp_path):
+def _train_arguments(tmp_path, mode: str, key: str, **given) -> list[str]:
+    """The demo's recipe overrides for one fine-tune that start with ``key``, from its defaults and ``given``."""
     from argparse import Namespace
     from pathlib import Path
 
     args = dict(project=Path("."), out=tmp_path, seeds=[0], full_unet=True, learning_rate=None, lr_scheduler=None)
-    args |= dict(caption_dropout=0.0, token_learning_rate=None, region_alpha=None, recipe_overrides=[])
+    args |= dict(concept="text", train_steps=None, caption_dropout=0.0, token_learning_rate=None, region_alpha=None)
+    command = _train_command(Namespace(**args | given, recipe_overrides=[]), mode, 0, "m", tmp_path, 64)
+    return [arg for arg in command if arg.startswith(key)]
 
+
+def test_the_three_concept_world_fine_tunes_longer_unless_told(tmp_path):
     def steps(concept: str, train_steps: int | None = None) -> str:
-        command = _train_command(
-            Namespace(concept=concept, train_steps=train_steps, **args), "naive", 0, "m", tmp_path, 64
-        )
-        return next(arg for arg in command if arg.startswith("train.max_steps="))
+        (found,) = _train_arguments(tmp_path, "naive", "train.max_steps=", concept=concept, train_steps=train_steps)
+        return found
 
     assert steps("text") == f"train.max_steps={FULL_UNET_STEPS}"
     assert steps("all") == f"train.max_steps={FULL_UNET_STEPS_ALL}" and FULL_UNET_STEPS_ALL != FULL_UNET_STEPS
@@ -113,15 +116,8 @@ def test_the_three_concept_world_fine_tunes_longer_unless_told(tmp_path):
 
 
 def test_a_token_rate_of_zero_reaches_the_recipe_check_instead_of_falling_back_to_the_default(tmp_path):
-    from argparse import Namespace
-    from pathlib import Path
-
-    args = dict(project=Path("."), out=tmp_path, seeds=[0], full_unet=True, learning_rate=None, lr_scheduler=None)
-    args |= dict(concept="text", train_steps=None, caption_dropout=0.0, region_alpha=None, recipe_overrides=[])
-
     def token_rates(rate: float | None) -> list[str]:
-        command = _train_command(Namespace(token_learning_rate=rate, **args), "geom_erasing", 0, "m", tmp_path, 64)
-        return [arg for arg in command if arg.startswith("train.token_learning_rate=")]
+        return _train_arguments(tmp_path, "geom_erasing", "train.token_learning_rate=", token_learning_rate=rate)
 
     assert token_rates(0.0) == ["train.token_learning_rate=0.0"]
     assert token_rates(None) == []
