@@ -80,6 +80,7 @@ FULL_UNET_STEPS_ALL = 1000
 FULL_UNET_LR = 5e-4
 FULL_UNET_SCHEDULER = "cosine"
 FULL_UNET_WARMUP = 0
+FULL_UNET_CAPTION_DROPOUT = 0.0
 
 
 def _base_model(out: Path, project: Path, requested: str | None) -> tuple[str, bool]:
@@ -147,7 +148,7 @@ def _train_command(
             else []
         ),
         *([f"train.lr_warmup_steps={FULL_UNET_WARMUP}"] if args.full_unet else []),
-        f"train.caption_dropout={args.caption_dropout}",
+        *_caption_dropout(args),
         *(_geom_erasing_overrides(args) if mode == "geom_erasing" else []),
         "validation.prompts=[]",
         "report_to=null",
@@ -157,6 +158,14 @@ def _train_command(
 
 def _full_unet_steps(args: argparse.Namespace) -> int:
     return FULL_UNET_STEPS_ALL if args.concept == ALL else FULL_UNET_STEPS
+
+
+def _caption_dropout(args: argparse.Namespace) -> list[str]:
+    """The full UNet's dropout or the one asked for; a LoRA keeps its recipe's otherwise."""
+    if args.caption_dropout is None and not args.full_unet:
+        return []
+    dropout = FULL_UNET_CAPTION_DROPOUT if args.caption_dropout is None else args.caption_dropout
+    return [f"train.caption_dropout={dropout}"]
 
 
 def _geom_erasing_overrides(args: argparse.Namespace) -> list[str]:
@@ -380,8 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--caption-dropout",
         type=float,
-        default=0.0,
-        help="share of training captions dropped (train.caption_dropout): at a constant 3e-4, 0.1 raised the naive "
+        help=f"share of training captions dropped (train.caption_dropout; default {FULL_UNET_CAPTION_DROPOUT:g} for "
+        "the full UNet, the recipes' for their LoRA): at a constant 3e-4, 0.1 raised the full UNet's naive "
         "watermark ICR but the Geom-Erasing run then drew the logo for plain prompts too",
     )
     parser.add_argument(

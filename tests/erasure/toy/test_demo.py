@@ -8,6 +8,7 @@ import yaml
 from datasets import load_from_disk
 
 from erasure.toy.demo import (
+    FULL_UNET_CAPTION_DROPOUT,
     FULL_UNET_LR,
     FULL_UNET_SCHEDULER,
     FULL_UNET_STEPS,
@@ -100,7 +101,7 @@ def _train_arguments(tmp_path, mode: str, key: str, **given) -> list[str]:
     from pathlib import Path
 
     args = dict(project=Path("."), out=tmp_path, seeds=[0], full_unet=True, learning_rate=None, lr_scheduler=None)
-    args |= dict(concept="text", train_steps=None, caption_dropout=0.0, token_learning_rate=None, region_alpha=None)
+    args |= dict(concept="text", train_steps=None, caption_dropout=None, token_learning_rate=None, region_alpha=None)
     command = _train_command(Namespace(**args | given, recipe_overrides=[]), mode, 0, "m", tmp_path, 64)
     return [arg for arg in command if arg.startswith(key)]
 
@@ -113,6 +114,15 @@ def test_the_three_concept_world_fine_tunes_longer_unless_told(tmp_path):
     assert steps("text") == f"train.max_steps={FULL_UNET_STEPS}"
     assert steps("all") == f"train.max_steps={FULL_UNET_STEPS_ALL}" and FULL_UNET_STEPS_ALL != FULL_UNET_STEPS
     assert steps("all", 7) == "train.max_steps=7"
+
+
+def test_the_lora_takes_the_recipes_caption_dropout_unless_told(tmp_path):
+    def dropout(**given) -> list[str]:
+        return _train_arguments(tmp_path, "naive", "train.caption_dropout=", **given)
+
+    assert dropout() == [f"train.caption_dropout={FULL_UNET_CAPTION_DROPOUT}"]
+    assert dropout(full_unet=False) == []  # the toy recipe's own
+    assert dropout(full_unet=False, caption_dropout=0.0) == ["train.caption_dropout=0.0"]
 
 
 def test_a_token_rate_of_zero_reaches_the_recipe_check_instead_of_falling_back_to_the_default(tmp_path):
