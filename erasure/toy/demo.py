@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         "--train-steps",
         type=int,
         help=f"optimizer steps per fine-tune (default for the full UNet {FULL_UNET_STEPS}, which fit the demo's 10 "
-        f"minutes on a 2-core CPU, and {FULL_UNET_STEPS_ALL} for --concept all; the recipes' 1,000 for their LoRA)",
+        f"minutes on a 2-core CPU, and {FULL_UNET_STEPS_ALL} for --concept all; the recipes' 2,000 for their LoRA)",
     )
     parser.add_argument(
         "--full-unet",
