@@ -401,9 +401,16 @@ def _merged(out: Path, concept: str, identity: str, results: dict[str, dict]) ->
 
 
 def markdown_table(concept: str, results: dict[str, dict]) -> str:
-    lines = [f"| method ({concept}) | ICR | 95% CI | fidelity | toy FID | n |", "|---|---:|---|---:|---:|---:|"]
+    """One row per method; with rows pooled over training seeds, a column of the per-seed ICRs beside their mean."""
+    seeded = any("seeds" in r for r in results.values())
+    lines = [
+        f"| method ({concept}) | ICR | 95% CI |{' per seed |' if seeded else ''} fidelity | toy FID | n |",
+        f"|---|---:|---|{'---|' if seeded else ''}---:|---:|---:|",
+    ]
     for name, r in results.items():
         lo, hi = r["ci95"]
+        per_seed = " / ".join(f"{100 * icr:.1f}" for icr in r.get("seeds", [])) or "–"
         quality = f"{100 * r['fidelity']:.1f}% | {r['fid']:.2f}" if "fidelity" in r else "– | –"
-        lines.append(f"| {name} | {100 * r['icr']:.1f}% | [{100 * lo:.1f}, {100 * hi:.1f}] | {quality} | {r['n']} |")
+        cells = [f"{100 * r['icr']:.1f}%", f"[{100 * lo:.1f}, {100 * hi:.1f}]", *([per_seed] if seeded else [])]
+        lines.append(f"| {name} | {' | '.join(cells)} | {quality} | {r['n']} |")
     return "\n".join(lines) + "\n"

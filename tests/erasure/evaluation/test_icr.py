@@ -230,6 +230,14 @@ def test_markdown_table_shows_quality_when_measured():
     assert "| a | 25.0% | [10.0, 40.0] | 90.0% | 1.50 | 8 |" in markdown_table("qrcode", results)
 
 
+def test_markdown_table_shows_each_training_seed_beside_the_mean():
+    pooled = {"icr": 0.1, "ci95": [0.05, 0.2], "n": 200, "seeds": [0.05, 0.15]}
+    table = markdown_table("text", {"naive": pooled, "base": {"icr": 0.0, "ci95": [0.0, 0.02], "n": 200}})
+    assert "| naive | 10.0% | [5.0, 20.0] | 5.0 / 15.0 | – | – | 200 |" in table
+    assert "| base | 0.0% | [0.0, 2.0] | – | – | – | 200 |" in table
+    assert table.splitlines()[0].count("|") == table.splitlines()[2].count("|")
+
+
 def test_a_latent_clip_cell_guides_sampling_away_from_the_concept(
     tmp_path, tiny_sd_dir, tiny_latent_clip_dir, monkeypatch, guidance_rewards
 ):
