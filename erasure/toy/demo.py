@@ -19,7 +19,8 @@
    prompt);
 4. a table, ``demo.json`` and a figure (sample grids before and after, ICR bars) in ``--out``.
 
-Every stage resumes: rerun the same command and finished work is reused. A different command needs another --out.
+Every stage resumes: rerun the same command and finished work is reused, a fine-tune stopped on the way goes on from
+its newest checkpoint. A different command needs another --out.
 
 The base model is the committed toy-world model ``assets/toy-sd`` (recipe: ``recipes/toy_base.yaml``) of the
 checkout named by ``--project`` (the current directory by default), with the toy detector and checker beside it.
@@ -152,6 +153,7 @@ def _train_command(
         *(_geom_erasing_overrides(args) if mode == "geom_erasing" else []),
         "validation.prompts=[]",
         "report_to=null",
+        "checkpoint.resume=latest",  # a fine-tune killed on the way goes on from its newest checkpoint
         *args.recipe_overrides,
     ]
 

@@ -102,7 +102,7 @@ def _train_arguments(tmp_path, mode: str, key: str, **given) -> list[str]:
 
     args = dict(project=Path("."), out=tmp_path, seeds=[0], full_unet=True, learning_rate=None, lr_scheduler=None)
     args |= dict(concept="text", train_steps=None, caption_dropout=None, token_learning_rate=None, region_alpha=None)
-    command = _train_command(Namespace(**args | given, recipe_overrides=[]), mode, 0, "m", tmp_path, 64)
+    command = _train_command(Namespace(**{"recipe_overrides": []} | args | given), mode, 0, "m", tmp_path, 64)
     return [arg for arg in command if arg.startswith(key)]
 
 
@@ -114,6 +114,13 @@ def test_the_three_concept_world_fine_tunes_longer_unless_told(tmp_path):
     assert steps("text") == f"train.max_steps={FULL_UNET_STEPS}"
     assert steps("all") == f"train.max_steps={FULL_UNET_STEPS_ALL}" and FULL_UNET_STEPS_ALL != FULL_UNET_STEPS
     assert steps("all", 7) == "train.max_steps=7"
+
+
+def test_a_stopped_fine_tune_goes_on_from_its_checkpoint_unless_told(tmp_path):
+    """The demo's rerun continues a killed fine-tune; ``--set checkpoint.resume=null`` comes after and wins."""
+    assert _train_arguments(tmp_path, "naive", "checkpoint.resume=") == ["checkpoint.resume=latest"]
+    told = _train_arguments(tmp_path, "naive", "checkpoint.resume=", recipe_overrides=["checkpoint.resume=null"])
+    assert told == ["checkpoint.resume=latest", "checkpoint.resume=null"]
 
 
 def test_the_lora_takes_the_recipes_caption_dropout_unless_told(tmp_path):
