@@ -19,7 +19,7 @@
    prompt);
 4. a table, ``demo.json`` and a figure (sample grids before and after, ICR bars) in ``--out``.
 
-Every stage resumes: rerun the same command and finished work is reused, a fine-tune stopped on the way goes on from
+Every stage resumes: rerun the same command and finished work is reused; a fine-tune stopped on the way goes on from
 its newest checkpoint. A different command needs another --out.
 
 The base model is the committed toy-world model ``assets/toy-sd`` (recipe: ``recipes/toy_base.yaml``) of the
