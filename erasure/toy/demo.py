@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import get_args
 
 from erasure.config import LrScheduler
+from erasure.toy.tables import SEEDED_METHODS, pool_seeds, record_table
 
 # The demo's inputs, relative to --project (a checkout of this repository: its assets/ and recipes/).
 TOY_BASE = Path("assets/toy-sd")
@@ -62,9 +63,8 @@ METHODS: dict[str, dict] = {
     "geom_erasing_as_negative_prompt": {"run": "geom_erasing", "negative_prompt": "run"},
     "naive_latent_clip": {"run": "naive", "latent_clip": None},  # the Latent-CLIP comes from --latent-clip
 }
-# The rows measured on every training seed of --seeds (the others on the first): the runs' own effect.
-SEEDED_METHODS = ("naive", "geom_erasing_plain", "geom_erasing")
-# Experiments 1 and 4 of the toy-world table, the two rows that fit the default demo's 10 minutes on a 2-core CPU.
+# The naive run and Geom-Erasing with the plain prompt: the two rows that fit the default demo's 10 minutes on a
+# 2-core CPU.
 DEMO_METHODS = ["naive", "geom_erasing_plain"]
 # The rows whose sample grids the figure shows, when the table has them.
 FIGURE_GRIDS = ("base", "naive", "geom_erasing_plain", "geom_erasing")
@@ -219,30 +219,6 @@ def _fine_tune(
     return runs
 
 
-def _pooled_seeds(results: dict[str, dict], seeds: list[int]) -> dict[str, dict]:
-    """Each seeded row over every training seed: ``seeds`` the per-seed ICRs, ``icr`` their mean with the Wilson
-    interval of the pooled images, fidelity and FID their means; so that a table is not one lucky draw."""
-    from statistics import mean
-
-    from erasure.evaluation.icr import wilson_interval
-
-    if len(seeds) == 1:
-        return results
-    extra = {_seeded(name, seed, seeds) for name in SEEDED_METHODS for seed in seeds[1:]}
-    pooled = {name: r for name, r in results.items() if name not in extra}
-    for name in [name for name in SEEDED_METHODS if name in pooled]:
-        per_seed = [results[_seeded(name, seed, seeds)] for seed in seeds]
-        flagged, n = sum(r["flagged"] for r in per_seed), sum(r["n"] for r in per_seed)
-        pooled[name] = {
-            "icr": mean(r["icr"] for r in per_seed),
-            "ci95": list(wilson_interval(flagged, n)),
-            "n": results[name]["n"],
-            "seeds": [r["icr"] for r in per_seed],
-            **{key: mean(r[key] for r in per_seed) for key in ("fidelity", "fid") if key in results[name]},
-        }
-    return pooled
-
-
 def _run_name(args: argparse.Namespace, mode: str, seed: int) -> str:
     return _seeded(f"toy_{mode}_{args.concept}", seed, args.seeds)
 
@@ -303,25 +279,6 @@ def _figure(icr_dir: Path, path: Path, results: dict, cells: list[str], concept:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
-
-
-def _record(path: Path, concept: str, results: dict) -> None:
-    """Write one concept's table into the ``{concept: {method: {icr, ci95, fidelity, fid, n}}}`` results file.
-
-    The concept's table is replaced whole, so that it never mixes rows of two protocols; other concepts stay. Rows of
-    the old table that this run did not measure are named on stderr, so that none goes without a word.
-    """
-    table = json.loads(path.read_text()) if path.is_file() else {}
-    dropped = sorted(set(table.get(concept, {})) - set(results))
-    if dropped:
-        print(
-            f"{path}: {concept}'s table is replaced by this run's rows, without {', '.join(dropped)} (not rerun); "
-            f"add them to --methods to keep them",
-            file=sys.stderr,
-        )
-    keys = ("icr", "ci95", "fidelity", "fid", "n", "seeds")
-    table[concept] = {m: {k: r[k] for k in keys if k in r} for m, r in results.items()}
-    path.write_text(json.dumps(table, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -531,7 +488,15 @@ def main(argv: list[str] | None = None) -> int:
                 *checker,
             ],
         )
-        results[concept] = _pooled_seeds(evaluate(config), args.seeds)
+        measured = evaluate(config)
+        tables = (
+            [{n: measured[n] for n in args.methods}]
+            + [  # the first seed's table, then the other seeds'
+                {n: measured[_seeded(n, seed, args.seeds)] for n in args.methods if n in SEEDED_METHODS}
+                for seed in args.seeds[1:]
+            ]
+        )
+        results[concept] = pool_seeds(tables)
         figure = args.out / ("demo.png" if single else f"demo_{concept}.png")
         figures[concept] = str(_figure(icr_dir, figure, results[concept], args.methods, concept))
         print(markdown_table(concept, results[concept]))
@@ -539,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"concepts": _concepts(args), "base_model": base, "trained_base": trained_base, "results": results}
     (args.out / "demo.json").write_text(json.dumps(summary | {"figures": figures}, indent=2))
     for concept, table in results.items() if args.record else ():
-        _record(args.record, concept, table)
+        record_table(args.record, concept, table)
     print(f"[demo] results: {args.out / 'demo.json'}")
     return 0
 

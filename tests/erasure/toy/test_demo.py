@@ -16,7 +16,6 @@ from erasure.toy.demo import (
     METHODS,
     RECIPES,
     TOY_DETECTOR,
-    _record,
     _train_command,
     main,
 )
@@ -138,18 +137,6 @@ def test_a_token_rate_of_zero_reaches_the_recipe_check_instead_of_falling_back_t
 
     assert token_rates(0.0) == ["train.token_learning_rate=0.0"]
     assert token_rates(None) == []
-
-
-def test_record_replaces_the_concepts_table_keeps_the_others_and_names_dropped_rows(tmp_path, capsys):
-    record = tmp_path / "toy_icr.json"
-    row = {"icr": 0.5, "ci95": [0.4, 0.6], "fidelity": 0.9, "fid": 3.0, "n": 200}
-    record.write_text(json.dumps({"watermark": {"naive": row, "naive_latent_clip": row}, "text": {"naive": row}}))
-    new = {"naive": {**row, "icr": 0.42, "images": "not recorded"}, "geom_erasing_plain": {**row, "icr": 0.01}}
-    _record(record, "watermark", new)
-    table = json.loads(record.read_text())
-    assert table["watermark"] == {"naive": {**row, "icr": 0.42}, "geom_erasing_plain": {**row, "icr": 0.01}}
-    assert table["text"] == {"naive": row}
-    assert "without naive_latent_clip (not rerun)" in capsys.readouterr().err
 
 
 def test_the_committed_latent_clip_reads_the_toy_models_latents():
