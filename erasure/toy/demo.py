@@ -358,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         default=[0],
         help="training seeds: both fine-tunes are repeated for each, and the rows naive, geom_erasing_plain and "
-        "geom_erasing measured on every one (their ICR: the mean; 'seeds': per-seed ICRs); the others on the first",
+        "geom_erasing measured on every one (their ICR: the mean; 'seeds': per-seed ICRs); the others on the first. "
+        "Seeds run apart (one --seeds each, its own --out and --record) pool with python -m erasure.toy.tables",
     )
     parser.add_argument(
         "--set",
