@@ -91,8 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         pooled = pool_files(args.tables)
     except ValueError as error:  # a JSONDecodeError too
         parser.error(str(error))
+    from erasure.evaluation.icr import markdown_table
+
     for concept, table in pooled.items():
         record_table(args.record, concept, table)
+        print(markdown_table(concept, table))
     print(f"{args.record}: {', '.join(pooled)} pooled over {len(args.tables)} seeds")
     return 0
 
