@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     for concept, table in pooled.items():
         record_table(args.record, concept, table)
         print(markdown_table(concept, table))
-    print(f"{args.record}: {', '.join(pooled)} pooled over {len(args.tables)} seeds")
+    seeds = len(args.tables)
+    print(f"{args.record}: {', '.join(pooled)} pooled over {seeds} training seed{'s' if seeds > 1 else ''}")
     return 0
 
 

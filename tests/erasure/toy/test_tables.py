@@ -51,7 +51,8 @@ def test_seed_tables_recorded_apart_pool_into_one_file(tmp_path, capsys):
     assert list(table) == ["watermark", "text", "qrcode"]  # the other worlds' tables stay
     assert table["qrcode"]["naive"]["seeds"] == [0.5, 0.3] and table["qrcode"]["naive"]["icr"] == pytest.approx(0.4)
     printed = capsys.readouterr().out
-    assert "pooled over 2 seeds" in printed and "| naive | 40.0% |" in printed and "| 50.0 / 30.0 |" in printed
+    assert "pooled over 2 training seeds" in printed
+    assert "| naive | 40.0% |" in printed and "| 50.0 / 30.0 |" in printed  # the pooled table, as markdown
 
 
 def test_pooling_refuses_tables_that_do_not_fit(tmp_path, capsys):
