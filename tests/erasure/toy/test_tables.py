@@ -74,3 +74,15 @@ def test_pooling_refuses_tables_that_do_not_fit(tmp_path, capsys):
             main([first, second, "--record", str(tmp_path / "out.json")])
         assert exit_.value.code == 2 and why in capsys.readouterr().err
     assert not (tmp_path / "out.json").exists()
+
+
+def test_the_committed_three_concept_table_is_its_seed_tables_pooled():
+    """benchmarks/toy_icr_multi.json is remade from benchmarks/toy_icr_multi/seed*.json: a seed table added without
+    pooling again, or a pooled table edited by hand, fails here."""
+    from pathlib import Path
+
+    benchmarks = Path(__file__).parents[3] / "benchmarks"
+    seeds = sorted((benchmarks / "toy_icr_multi").glob("seed*.json"))
+    assert seeds and seeds[0].name == "seed0.json"  # the baselines' seed first
+    committed = json.loads((benchmarks / "toy_icr_multi.json").read_text())
+    assert committed == json.loads(json.dumps(pool_files(seeds)))
