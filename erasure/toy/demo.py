@@ -489,15 +489,11 @@ def main(argv: list[str] | None = None) -> int:
                 *checker,
             ],
         )
-        measured = evaluate(config)
-        tables = (
-            [{n: measured[n] for n in args.methods}]
-            + [  # the first seed's table, then the other seeds'
-                {n: measured[_seeded(n, seed, args.seeds)] for n in args.methods if n in SEEDED_METHODS}
-                for seed in args.seeds[1:]
-            ]
-        )
-        results[concept] = pool_seeds(tables)
+        measured = evaluate(config)  # the first seed's rows by their names, the other seeds' as NAME_seedN
+        first = {n: measured[n] for n in args.methods}
+        seeded = [n for n in SEEDED_METHODS if n in first]
+        others = [{n: measured[_seeded(n, s, args.seeds)] for n in seeded} for s in args.seeds[1:]]
+        results[concept] = pool_seeds([first, *others])
         figure = args.out / ("demo.png" if single else f"demo_{concept}.png")
         figures[concept] = str(_figure(icr_dir, figure, results[concept], args.methods, concept))
         print(markdown_table(concept, results[concept]))

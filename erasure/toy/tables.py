@@ -23,10 +23,10 @@ def pool_seeds(tables: list[dict[str, dict]]) -> dict[str, dict]:
     """One concept's table over every training seed, the first seed's table first: each seeded row's ``seeds`` the
     per-seed ICRs, ``icr`` their mean with the Wilson interval of the pooled images, fidelity and FID their means (so
     that a table is not one lucky draw); the other rows as the first seed measured them."""
-    from erasure.evaluation.icr import wilson_interval  # torch: not for the demo's --help
-
     if len(tables) == 1:
         return tables[0]
+    from erasure.evaluation.icr import wilson_interval  # torch: not for the demo's --help
+
     pooled = dict(tables[0])
     for name in [name for name in SEEDED_METHODS if name in pooled]:
         per_seed = [table[name] for table in tables]
