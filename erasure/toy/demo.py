@@ -73,7 +73,7 @@ FIGURE_GRIDS = ("base", "naive", "geom_erasing_plain", "geom_erasing")
 # images; at 1e-3 the naive run lost a third of its fidelity; benchmarks/NOTES.md, "The watermark demo's naive run").
 # The LoRA form takes everything from the toy recipes. Both take the Geom-Erasing recipe's location tokens (2e-1)
 # and region weight (1.0), which tie each one-kind concept in both forms on two training seeds; the three-concept
-# world is tied on two seeds by the full UNet's 1,000 steps, and on one seed by the LoRA recipe's 2,000.
+# world is tied on two seeds by the full UNet's 1,000 steps, and on three seeds by the LoRA recipe's 2,000.
 FULL_UNET_STEPS = 500
 # The three-concept world ties its three concepts in 1,000 steps (at 500 the logo was still drawn for plain prompts in
 # half as many images as the naive run's): its demo takes about 15 minutes where one concept's takes 9.
